@@ -1,0 +1,1 @@
+"""INS identity rules (filled in by the source-workflow work)."""

@@ -1,0 +1,150 @@
+"""Ports: what the services need from the outside world, as structural protocols.
+
+Every port has a memory adapter and one contract test module that runs against every adapter
+(``tests/contract/``), so "S3 behaves like the filesystem" is a checked fact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from drimbox.model import (
+    AddOutcome,
+    DicomJson,
+    IndexStatistics,
+    InstanceLocation,
+    InstanceRecord,
+    Query,
+    SearchResult,
+    StoredBlob,
+)
+
+__all__ = ["AuditLog", "BlobStore", "Index"]
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Durable storage of opaque byte objects (stored DICOM Part 10 files).
+
+    Keys are chosen by the store, never by the caller, and never derived from any received
+    string. Every method is thread-safe. Failures raise :class:`drimbox.errors.StorageError`
+    subclasses (``StorageFullError``, ``StorageUnavailableError``) or
+    :class:`drimbox.errors.BlobNotFoundError`.
+    """
+
+    def put(self, chunks: Iterable[bytes]) -> StoredBlob:
+        """Write a new object durably and return its key, size and SHA-256.
+
+        Returns only once the object would survive a crash (fsync of file and directory, or a
+        completed S3 PUT). On failure nothing is left visible under any key.
+        """
+        ...
+
+    def stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Yield the object's bytes in chunks of at most ``chunk_size``."""
+        ...
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes from ``offset`` (fewer at the end of the object)."""
+        ...
+
+    def size(self, key: str) -> int:
+        """Return the object's size in bytes."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; deleting a missing key is not an error."""
+        ...
+
+    def keys(self) -> Iterator[str]:
+        """Yield every key held (for reconciliation)."""
+        ...
+
+    def close(self) -> None:
+        """Release resources."""
+        ...
+
+
+@runtime_checkable
+class Index(Protocol):
+    """The database of stored instances, at patient/study/series/instance levels.
+
+    Every method is thread-safe and may be shared by several processes over the same database.
+    Failures raise :class:`drimbox.errors.IndexUnavailableError`; malformed queries raise
+    :class:`drimbox.errors.InvalidQueryError`.
+    """
+
+    def add_instance(self, record: InstanceRecord) -> AddOutcome:
+        """Index a new instance atomically.
+
+        Returns ``DUPLICATE`` (and changes nothing) when the SOP Instance UID is already
+        indexed, even under concurrent calls from several threads or processes.
+        """
+        ...
+
+    def get_instance(self, sop_instance_uid: str) -> InstanceLocation | None:
+        """Return where an instance is stored, or ``None``."""
+        ...
+
+    def locate(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[InstanceLocation]:
+        """Return the instances of a study (optionally of one series / one instance).
+
+        Ordered by series number then instance number; empty when nothing matches.
+        """
+        ...
+
+    def metadata(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> Iterator[DicomJson]:
+        """Yield the precomputed DICOM JSON metadata of the selected instances (same order)."""
+        ...
+
+    def search(self, query: Query) -> SearchResult:
+        """Match a hierarchical query (PS3.4 §C.2.2 matching rules)."""
+        ...
+
+    def remove_instance(self, sop_instance_uid: str) -> InstanceLocation | None:
+        """Remove an instance from the index (empty series/studies/patients go too)."""
+        ...
+
+    def statistics(self) -> IndexStatistics:
+        """Return entity counts and the total stored bytes."""
+        ...
+
+    def blob_keys(self) -> Iterator[str]:
+        """Yield the blob key of every indexed instance."""
+        ...
+
+    def unstable_studies(self, quiet_since: datetime) -> list[str]:
+        """Return studies not yet stable whose last instance arrived before ``quiet_since``."""
+        ...
+
+    def mark_stable(self, study_instance_uid: str) -> bool:
+        """Mark a study stable; ``False`` if it got a new instance meanwhile or is unknown.
+
+        A new instance for a stable study makes it unstable again.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+@runtime_checkable
+class AuditLog(Protocol):
+    """Append-only record of security-relevant events (who, what, when, outcome)."""
+
+    def record(self, event: str, outcome: str, **fields: str | int | None) -> None:
+        """Append one event; never raises on the caller's path (logs the failure instead)."""
+        ...

@@ -1,0 +1,1 @@
+"""Client of the national registry (filled in by the registry work)."""

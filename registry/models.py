@@ -1,0 +1,1 @@
+"""Wire contract of the national registry (filled in by the registry work)."""

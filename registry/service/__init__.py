@@ -1,0 +1,1 @@
+"""The reference registry server."""
