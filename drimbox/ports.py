@@ -109,6 +109,18 @@ class Index(Protocol):
         """Yield the precomputed DICOM JSON metadata of the selected instances (same order)."""
         ...
 
+    def metadata_documents(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> Iterator[str]:
+        """Yield the same metadata as :meth:`metadata`, as the stored JSON text (no re-encoding).
+
+        This is what ``/metadata`` streams: each document is one instance's JSON object.
+        """
+        ...
+
     def search(self, query: Query) -> SearchResult:
         """Match a hierarchical query (PS3.4 §C.2.2 matching rules)."""
         ...
