@@ -1,10 +1,236 @@
-"""The ``drimbox`` command."""
+"""The ``drimbox`` command (typer).
+
+Every option of ``serve`` can also be set in a TOML file (``--config``) or as a ``DRIMBOX_*``
+environment variable; see :mod:`drimbox.config`.
+"""
 
 from __future__ import annotations
 
-import typer
+import fcntl
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
 
-app = typer.Typer(help="drimbox: a DRIMbox imaging gateway.", no_args_is_help=True)
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from drimbox.config import Settings, load_settings
+from drimbox.errors import ConfigurationError, DrimboxError
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="drimbox: a DRIMbox imaging gateway (DICOM, DICOMweb, national registry).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+registry_app = typer.Typer(help="The reference national registry (IHE MHD / FHIR R4).")
+app.add_typer(registry_app, name="registry")
+
+_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML settings file (also DRIMBOX_CONFIG).", exists=True),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (default ./drimbox-data; DRIMBOX_DATA_DIR)."),
+]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, overrides=overrides)
+    except ConfigurationError as error:
+        _console.print(f"[bold red]configuration error:[/] {error}")
+        raise typer.Exit(code=2) from error
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    aet: Annotated[
+        str | None, typer.Option(help="AE title of the box (default DRIMBOX; DRIMBOX_AET).")
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Address to listen on (default 127.0.0.1; loopback only for now)."),
+    ] = None,
+    dimse_port: Annotated[
+        int | None, typer.Option(help="DIMSE port (default 11112; DRIMBOX_DIMSE_PORT).")
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP port (default 8080; DRIMBOX_HTTP_PORT).")
+    ] = None,
+    hl7_port: Annotated[
+        int | None, typer.Option(help="HL7 MLLP port (default 2575; DRIMBOX_HL7_PORT).")
+    ] = None,
+    dimse_processes: Annotated[
+        int | None,
+        typer.Option(help="DIMSE receiver processes sharing the port (default 1)."),
+    ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="Public DICOMweb base used in manifests' RetrieveURLs."),
+    ] = None,
+    registry_url: Annotated[
+        str | None,
+        typer.Option(help="FHIR base of the national registry (default: the embedded one)."),
+    ] = None,
+) -> None:
+    """Run the box: DIMSE, DICOMweb and the embedded registry, until SIGINT/SIGTERM."""
+    settings = _settings(
+        config,
+        data_dir=data_dir,
+        aet=aet,
+        host=host,
+        dimse_port=dimse_port,
+        http_port=http_port,
+        hl7_port=hl7_port,
+        dimse_processes=dimse_processes,
+        public_url=public_url,
+        registry_url=registry_url,
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_data_dir(settings.data_dir)
+    from drimbox.bootstrap import build_box  # heavy imports only when serving
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        box = build_box(settings)
+        box.start()
+    except (DrimboxError, OSError) as error:
+        _console.print(f"[bold red]cannot start:[/] {error}")
+        raise typer.Exit(code=1) from error
+    _print_banner(box.settings)
+    try:
+        stop.wait()
+    finally:
+        _console.print("stopping...")
+        box.stop()
+        os.close(lock)
+        _console.print("stopped.")
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    fd = os.open(data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as error:
+        os.close(fd)
+        _console.print(
+            f"[bold red]cannot start:[/] another drimbox is already serving {data_dir}; "
+            "stop it or choose another --data-dir"
+        )
+        raise typer.Exit(code=1) from error
+    return fd
+
+
+def _print_banner(settings: Settings) -> None:
+    table = Table(title=f"drimbox {settings.aet} is running", show_header=True)
+    table.add_column("service")
+    table.add_column("listens on")
+    host = settings.host
+    table.add_row("DIMSE (C-ECHO, C-STORE)", f"{host}:{settings.dimse_port}  AE {settings.aet}")
+    table.add_row("DICOMweb", f"http://{host}:{settings.http_port}/dicom-web")
+    if settings.registry_url is None:
+        table.add_row("registry (embedded, FHIR)", f"http://{host}:{settings.http_port}/registry")
+    else:
+        table.add_row("registry (remote)", settings.registry_url)
+    table.add_row("health", f"http://{host}:{settings.http_port}/health/ready")
+    table.add_row("data", str(settings.data_dir.resolve()))
+    table.add_row("index", settings.resolved_index_url.split("@")[-1])
+    table.add_row("storage", settings.storage_backend)
+    _console.print(table)
+    _console.print("Press Ctrl+C to stop.")
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show what the box holds: patients, studies, series, instances, bytes stored."""
+    settings = _settings(config, data_dir=data_dir)
+    from drimbox.bootstrap import build_adapters
+
+    blobs, index, _ = build_adapters(settings)
+    try:
+        stats = index.statistics()
+    finally:
+        index.close()
+        blobs.close()
+    payload = {
+        "patients": stats.patients,
+        "studies": stats.studies,
+        "series": stats.series,
+        "instances": stats.instances,
+        "stored_bytes": stats.stored_bytes,
+    }
+    if as_json:
+        typer.echo(json.dumps(payload))
+        return
+    table = Table(title="drimbox status")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for name, value in payload.items():
+        table.add_row(name.replace("_", " "), f"{value:,}")
+    Console().print(table)
+
+
+@app.command()
+def verify(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    repair: Annotated[bool, typer.Option(help="Remove orphan blobs (never indexed).")] = False,
+    grace: Annotated[
+        float, typer.Option(help="Seconds to wait before confirming an orphan (in-flight ingest).")
+    ] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check that the index and the blob store agree; exit 0 only when consistent."""
+    settings = _settings(config, data_dir=data_dir)
+    from drimbox.bootstrap import build_adapters
+    from drimbox.services.reconcile import reconcile
+
+    blobs, index, audit = build_adapters(settings)
+    try:
+        report = reconcile(blobs, index, audit, repair=repair, grace_seconds=grace)
+    finally:
+        index.close()
+        blobs.close()
+    payload = {
+        "indexed": report.indexed,
+        "blobs": report.blobs,
+        "orphans": len(report.orphans),
+        "removed": report.removed,
+        "missing": report.missing,
+        "consistent": report.consistent,
+    }
+    if as_json:
+        typer.echo(json.dumps(payload))
+    else:
+        out = Console()
+        out.print(f"indexed instances: {report.indexed:,}   blobs held: {report.blobs:,}")
+        out.print(f"orphan blobs: {len(report.orphans):,} (removed {report.removed:,})")
+        out.print(f"missing blobs: {len(report.missing):,}")
+        for key in report.missing[:20]:
+            out.print(f"  missing: {key}")
+        if report.orphans and not repair:
+            out.print("run again with --repair to remove the orphan blobs")
+        out.print("[green]consistent[/]" if report.consistent else "[red]inconsistent[/]")
+    if not report.consistent:
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -13,3 +239,8 @@ def version() -> None:
     from importlib.metadata import version as _version
 
     typer.echo(_version("drimbox"))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    """Run the CLI."""
+    sys.exit(app())
