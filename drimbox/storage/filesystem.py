@@ -1,0 +1,305 @@
+"""The default blob store: one file per object under a local directory.
+
+Layout under ``root``::
+
+    root/
+      tmp/                 objects being written (removed on failure; stale ones by reconciliation)
+      ab/cd/abcd...        stored objects, fanned out by the first hex digits of their key
+
+A put writes a temporary file in ``tmp/`` (same filesystem), hashing and counting while it streams,
+then ``fsync(file)``, ``rename`` into place and ``fsync(directory)``: after a crash, an object is
+either wholly visible or not visible at all (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from drimbox.errors import BlobNotFoundError, StorageFullError, StorageUnavailableError
+from drimbox.model import StoredBlob
+from drimbox.storage.keys import FAN_OUT_DEPTH, FAN_OUT_WIDTH, fan_out, is_valid_key, new_key
+
+__all__ = ["DEFAULT_STALE_AFTER_SECONDS", "FilesystemBlobStore"]
+
+DIRECTORY_MODE = 0o700
+"""Stored objects are patient data: only the box's own user may list them."""
+
+FILE_MODE = 0o600
+"""Stored objects are patient data: only the box's own user may read them."""
+
+TEMPORARY_DIRECTORY = "tmp"
+TEMPORARY_SUFFIX = ".tmp"
+
+DEFAULT_STALE_AFTER_SECONDS = 3600.0
+"""A temporary file untouched for this long belongs to no running put."""
+
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+@contextmanager
+def _translated(action: str, *, lookup: bool = False) -> Iterator[None]:
+    """Translate the operating system's errors into the box's storage errors.
+
+    Parameters
+    ----------
+    action
+        What was being done, for the message.
+    lookup
+        ``True`` when the operation opens an existing blob: a missing file then means
+        :class:`BlobNotFoundError` rather than an unusable store.
+    """
+    try:
+        yield
+    except FileNotFoundError as exc:
+        if lookup:
+            raise BlobNotFoundError(f"{action}: no such blob") from exc
+        raise StorageUnavailableError(f"{action}: {exc.strerror or exc}") from exc
+    except OSError as exc:
+        if exc.errno in _NO_SPACE_ERRNOS:
+            raise StorageFullError(f"{action}: no space left on the blob store") from exc
+        raise StorageUnavailableError(f"{action}: {exc.strerror or exc}") from exc
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a directory's entries (a rename, a new subdirectory) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, chunk: bytes) -> None:
+    """Write a whole chunk (``os.write`` may write less than asked)."""
+    view = memoryview(chunk)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class _FileChunks(Iterator[bytes]):
+    """Chunks of an open file, read with ``pread``; the descriptor closes at the end or on close."""
+
+    def __init__(self, fd: int, chunk_size: int) -> None:
+        self._fd: int | None = fd
+        self._chunk_size = chunk_size
+        self._offset = 0
+
+    def __next__(self) -> bytes:
+        if self._fd is None:
+            raise StopIteration
+        with _translated("stream"):
+            chunk = os.pread(self._fd, self._chunk_size, self._offset)
+        if not chunk:
+            self.close()
+            raise StopIteration
+        self._offset += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        """Release the file descriptor (idempotent)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class FilesystemBlobStore:
+    """A :class:`drimbox.ports.BlobStore` on a local (or mounted) POSIX filesystem.
+
+    Parameters
+    ----------
+    root
+        Directory holding the objects; created (mode 0700) if missing.
+
+    Raises
+    ------
+    StorageUnavailableError
+        When ``root`` cannot be created or written.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(root)
+        self._tmp = self._root / TEMPORARY_DIRECTORY
+        self._directory_lock = threading.Lock()
+        with _translated(f"open blob store {self._root}"):
+            self._root.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+            self._tmp.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
+            if not os.access(self._tmp, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "blob store directory is not writable")
+
+    @property
+    def root(self) -> Path:
+        """The directory holding the objects."""
+        return self._root
+
+    def __repr__(self) -> str:
+        return f"FilesystemBlobStore(root={str(self._root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self._root.joinpath(*fan_out(key))
+
+    def put(self, chunks: Iterable[bytes]) -> StoredBlob:
+        """Write a new object durably; see :meth:`drimbox.ports.BlobStore.put`.
+
+        Exceptions raised by ``chunks`` itself propagate unchanged; in every failure case the
+        temporary file is removed and no key becomes visible.
+
+        Raises
+        ------
+        StorageFullError
+            The filesystem is full (``ENOSPC``/``EDQUOT``).
+        StorageUnavailableError
+            Any other operating-system failure (permission, I/O error...).
+        """
+        key = new_key()
+        digest = hashlib.sha256()
+        size = 0
+        with _translated("put"):
+            fd, temporary = self._open_temporary(key)
+        try:
+            for chunk in chunks:
+                with _translated("put"):
+                    _write_all(fd, chunk)
+                digest.update(chunk)
+                size += len(chunk)
+            with _translated("put"):
+                os.fsync(fd)
+                written, fd = fd, -1
+                os.close(written)
+                final = self._path(key)
+                self._make_parents(final.parent)
+                os.rename(temporary, final)
+                _fsync_directory(final.parent)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            temporary.unlink(missing_ok=True)
+            raise
+        return StoredBlob(key=key, size=size, sha256=digest.hexdigest())
+
+    def _open_temporary(self, key: str) -> tuple[int, Path]:
+        temporary = self._tmp / f"{key}{TEMPORARY_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        return os.open(temporary, flags, FILE_MODE), temporary
+
+    def _make_parents(self, directory: Path) -> None:
+        """Create the fan-out directories of a blob, making each new entry durable."""
+        if directory.is_dir():
+            return
+        with self._directory_lock:
+            missing: list[Path] = []
+            current = directory
+            while current != self._root and not current.is_dir():
+                missing.append(current)
+                current = current.parent
+            for path in reversed(missing):
+                path.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
+                _fsync_directory(path.parent)
+
+    def stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Yield the object's bytes in chunks of at most ``chunk_size``.
+
+        The object is opened now, so a missing key raises :class:`BlobNotFoundError` before the
+        first chunk is asked for.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, not {chunk_size}")
+        path = self._path(key)
+        with _translated("stream", lookup=True):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return _FileChunks(fd, chunk_size)
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes from ``offset`` (fewer at the end of the object)."""
+        if offset < 0 or length < 0:
+            raise ValueError(f"invalid range: offset {offset}, length {length}")
+        path = self._path(key)
+        with _translated("read_range", lookup=True):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                parts: list[bytes] = []
+                remaining = length
+                while remaining:
+                    part = os.pread(fd, remaining, offset)
+                    if not part:
+                        break
+                    parts.append(part)
+                    offset += len(part)
+                    remaining -= len(part)
+            finally:
+                os.close(fd)
+        return b"".join(parts)
+
+    def size(self, key: str) -> int:
+        """Return the object's size in bytes."""
+        path = self._path(key)
+        with _translated("size", lookup=True):
+            return os.stat(path).st_size
+
+    def delete(self, key: str) -> None:
+        """Remove the object; a well-formed key that is not held is not an error.
+
+        The removal is not fsync'ed: after a crash the object may reappear, and reconciliation
+        then finds it as an orphan again.
+        """
+        path = self._path(key)
+        try:
+            with _translated("delete", lookup=True):
+                os.unlink(path)
+        except BlobNotFoundError:
+            return
+
+    def keys(self) -> Iterator[str]:
+        """Yield every stored key (never a temporary file), walking the fan-out tree."""
+        yield from self._walk(self._root, depth=0, prefix="")
+
+    def _walk(self, directory: Path, depth: int, prefix: str) -> Iterator[str]:
+        with _translated("keys"):
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        for entry in entries:
+            name = entry.name
+            if depth < FAN_OUT_DEPTH:
+                if len(name) == FAN_OUT_WIDTH and set(name) <= _HEX_DIGITS and entry.is_dir():
+                    yield from self._walk(Path(entry.path), depth + 1, prefix + name)
+            elif is_valid_key(name) and name.startswith(prefix) and entry.is_file():
+                yield name
+
+    def cleanup_temporary(self, stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS) -> int:
+        """Remove temporary files left by interrupted puts; return how many were removed.
+
+        Parameters
+        ----------
+        stale_after_seconds
+            Only files not modified for this long are removed, so puts in progress are spared.
+            Pass ``0`` when no put can be running (e.g. at start-up).
+        """
+        cutoff = time.time() - stale_after_seconds
+        removed = 0
+        with _translated("cleanup_temporary"):
+            entries = list(os.scandir(self._tmp))
+        for entry in entries:
+            try:
+                status = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(status.st_mode) and status.st_mtime <= cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageUnavailableError(f"cleanup_temporary: {exc.strerror}") from exc
+        return removed
+
+    def close(self) -> None:
+        """Nothing to release: every operation opens and closes its own descriptors."""
