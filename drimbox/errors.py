@@ -22,7 +22,8 @@ HL7 ACK codes or HTTP statuses only at the protocol boundary (``drimbox.dimse.st
     ├── NotFoundError                 an unknown study / series / instance / resource
     ├── InvalidQueryError             a malformed query parameter (names the parameter)
     ├── NotAcceptableError            no representation satisfies the request (HTTP 406)
-    └── AccessDeniedError             the caller may not do this
+    ├── AccessDeniedError             the caller may not do this
+    └── PacsError                     the site's PACS could not be queried or did not send
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "MissingAttributeError",
     "NotAcceptableError",
     "NotFoundError",
+    "PacsError",
     "StorageError",
     "StorageFullError",
     "StorageUnavailableError",
@@ -173,3 +175,7 @@ class NotAcceptableError(DrimboxError):
 
 class AccessDeniedError(DrimboxError):
     """The caller is not allowed to do this."""
+
+
+class PacsError(DrimboxError):
+    """The site's PACS could not be reached, refused, or failed to send a study."""

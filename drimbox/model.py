@@ -15,11 +15,18 @@ from typing import Any
 __all__ = [
     "AddOutcome",
     "DicomJson",
+    "Exam",
+    "ExamState",
     "IndexStatistics",
     "InstanceLocation",
     "InstanceRecord",
+    "JobAction",
+    "JobState",
     "Level",
+    "OutboxJob",
     "Query",
+    "ReportAction",
+    "ReportNotice",
     "SearchResult",
     "StoreResult",
     "StoredBlob",
@@ -193,3 +200,199 @@ class IndexStatistics:
     series: int
     instances: int
     stored_bytes: int
+
+
+class ReportAction(StrEnum):
+    """What a report message asks of the published manifest."""
+
+    PUBLISH = "publish"
+    """A validated (or amended) report: publish, or replace what is published."""
+    CANCEL = "cancel"
+    """The report is cancelled (ORC CA / result status D): de-publish."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportNotice:
+    """A validated report as the publication workflow needs it (from HL7 ORU/MDM + CDA).
+
+    Attributes
+    ----------
+    message_id
+        MSH-10 of the carrying message (idempotency of re-sent messages).
+    action
+        Publish or cancel.
+    report_id
+        The CDA document id (``root^extension``).
+    study_instance_uid
+        The exam (CDA serviceEvent id, or the message's).
+    accession_number
+        The accession number, when given.
+    placer_order_number
+        The order, when given.
+    ins_value, ins_oid
+        The patient's INS matricule and its OID.
+    ins_qualified
+        Whether the identity is qualified (PID-32 ``VALI``).
+    ipp, ipp_authority
+        The site's patient id (PID-3 PI) and its assigning authority.
+    send_to_dmp
+        The DMP flag allows publication.
+    masked
+        Masked to health professionals in the DMP.
+    invisible_to_patient
+        Not visible to the patient (DMP flag).
+    confidentiality
+        CDA confidentialityCode (``N``, ``R``, ``V``).
+    author_id, author_name, organisation_id, organisation_name
+        Who validated the report and where.
+    exam_date
+        ``YYYYMMDD`` of the exam, when known.
+    modalities, region_codes
+        From the CDA service event, when given (the images are the reference for modalities).
+    """
+
+    message_id: str
+    action: ReportAction
+    report_id: str
+    study_instance_uid: str
+    accession_number: str | None
+    placer_order_number: str | None
+    ins_value: str | None
+    ins_oid: str | None
+    ins_qualified: bool
+    ipp: str | None
+    ipp_authority: str | None
+    send_to_dmp: bool = True
+    masked: bool = False
+    invisible_to_patient: bool = False
+    confidentiality: str = "N"
+    author_id: str | None = None
+    author_name: str | None = None
+    organisation_id: str | None = None
+    organisation_name: str | None = None
+    exam_date: str | None = None
+    modalities: tuple[str, ...] = ()
+    region_codes: tuple[tuple[str, str, str], ...] = ()
+
+
+class ExamState(StrEnum):
+    """Publication state of one exam (StudyInstanceUID) on this box."""
+
+    WAITING_FOR_IMAGES = "waiting-for-images"
+    """The report arrived; the images are being retrieved or are not stable yet."""
+    IMAGES_TIMED_OUT = "images-timed-out"
+    """The images never arrived within the configured time."""
+    QUARANTINED = "quarantined"
+    """Identity vigilance or coherence refused it; ``reason`` says why."""
+    NOT_FOR_DMP = "not-for-dmp"
+    """The report's DMP flag forbids publication."""
+    QUEUED = "queued"
+    """A manifest is queued in the outbox."""
+    PUBLISHED = "published"
+    """The current manifest is in the registry."""
+    REJECTED = "rejected"
+    """The registry refused the manifest; ``reason`` holds its OperationOutcome."""
+    DEPUBLISHED = "depublished"
+    """The manifest was withdrawn (report cancelled, or every image rejected)."""
+
+
+class JobAction(StrEnum):
+    """What an outbox job does at the registry."""
+
+    PUBLISH = "publish"
+    REPLACE = "replace"
+    DELETE = "delete"
+
+
+class JobState(StrEnum):
+    """State of an outbox job."""
+
+    PENDING = "pending"
+    DONE = "done"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Exam:
+    """What the box knows about one exam's publication.
+
+    Attributes
+    ----------
+    study_instance_uid
+        The exam.
+    state
+        Where it stands.
+    reason
+        Why it is quarantined / rejected / timed out (no patient identity in it).
+    version
+        Number of manifests built so far (the current one's version).
+    report
+        The last report notice accepted for the exam (JSON-able dict).
+    kos_sop_instance_uid
+        UID of the current manifest, if any.
+    registry_entry_id
+        Registry id of the published manifest, if any.
+    updated_at
+        Last change.
+    """
+
+    study_instance_uid: str
+    state: ExamState
+    reason: str | None
+    version: int
+    report: dict[str, Any]
+    kos_sop_instance_uid: str | None
+    registry_entry_id: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxJob:
+    """One registry operation queued durably (exactly-once publication).
+
+    Attributes
+    ----------
+    job_id
+        Monotonic id; jobs of one exam run strictly in id order.
+    study_instance_uid
+        The exam.
+    action
+        Publish, replace or delete.
+    version
+        Manifest version concerned.
+    kos_sop_instance_uid
+        The manifest (idempotency key at the registry).
+    kos_blob_key
+        Where the KOS bytes are (publish/replace).
+    submission
+        The registry metadata (JSON-able dict of :class:`registry.models.ManifestSubmission`).
+    replaces
+        For replace/delete: the KOS SOP Instance UID (or entry id) acted upon.
+    state
+        Pending, done or rejected.
+    attempts
+        Tries so far.
+    next_attempt_at
+        Not before this time (exponential backoff with jitter).
+    last_error
+        The last failure, for ``drimbox publications``.
+    registry_entry_id
+        The registry's id once done.
+    created_at
+        When it was queued.
+    """
+
+    job_id: int
+    study_instance_uid: str
+    action: JobAction
+    version: int
+    kos_sop_instance_uid: str | None
+    kos_blob_key: str | None
+    submission: dict[str, Any] | None
+    replaces: str | None
+    state: JobState
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    registry_entry_id: str | None
+    created_at: datetime

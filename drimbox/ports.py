@@ -13,15 +13,18 @@ from typing import Protocol, runtime_checkable
 from drimbox.model import (
     AddOutcome,
     DicomJson,
+    Exam,
     IndexStatistics,
     InstanceLocation,
     InstanceRecord,
+    OutboxJob,
     Query,
     SearchResult,
     StoredBlob,
 )
+from registry.models import ManifestSubmission
 
-__all__ = ["AuditLog", "BlobStore", "Index"]
+__all__ = ["AuditLog", "BlobStore", "Index", "Pacs", "PublicationStore", "Registry"]
 
 
 @runtime_checkable
@@ -159,4 +162,88 @@ class AuditLog(Protocol):
 
     def record(self, event: str, outcome: str, **fields: str | int | None) -> None:
         """Append one event; never raises on the caller's path (logs the failure instead)."""
+        ...
+
+
+@runtime_checkable
+class PublicationStore(Protocol):
+    """Durable state of the source workflow: exams and the registry outbox.
+
+    Each method is one transaction, safe across threads and processes.
+    """
+
+    def get_exam(self, study_instance_uid: str) -> Exam | None:
+        """Return the exam, or ``None``."""
+        ...
+
+    def save_exam(self, exam: Exam) -> None:
+        """Insert or update an exam (no outbox job)."""
+        ...
+
+    def queue_job(self, exam: Exam, job: OutboxJob) -> OutboxJob:
+        """Save ``exam`` and append ``job`` to the outbox atomically; return the job with its id.
+
+        ``job.job_id`` is ignored; the store assigns the next id.
+        """
+        ...
+
+    def due_jobs(self, now: datetime, limit: int = 50) -> list[OutboxJob]:
+        """Pending jobs due at ``now``, oldest first, at most one per exam (its oldest pending)."""
+        ...
+
+    def finish_job(self, job: OutboxJob, exam: Exam) -> None:
+        """Record a job's final state (done or rejected) and the exam's new state atomically."""
+        ...
+
+    def postpone_job(self, job: OutboxJob) -> None:
+        """Record a failed attempt (attempts, next_attempt_at, last_error)."""
+        ...
+
+    def jobs(self, study_instance_uid: str | None = None) -> list[OutboxJob]:
+        """Every job (of one exam), oldest first."""
+        ...
+
+    def exams(self) -> list[Exam]:
+        """Every exam, most recently updated first."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+@runtime_checkable
+class Registry(Protocol):
+    """The national registry, as the publisher needs it (``registry.client.RegistryClient``).
+
+    Errors: ``registry.errors``' unavailable error (retry later) and rejected error (do not retry).
+    """
+
+    def publish(self, kos: bytes, submission: ManifestSubmission) -> str:
+        """Publish (or, with ``submission.replaces``, replace) a manifest; return its entry id.
+
+        Idempotent: publishing the same KOS SOP Instance UID again returns the same entry.
+        """
+        ...
+
+    def delete(self, entry_id: str) -> None:
+        """De-publish an entry (status entered-in-error); idempotent."""
+        ...
+
+
+@runtime_checkable
+class Pacs(Protocol):
+    """The site's PACS, for fetching a study that a report refers to (C-FIND + C-MOVE)."""
+
+    def find_studies(
+        self, study_instance_uid: str | None = None, accession_number: str | None = None
+    ) -> list[str]:
+        """Return the StudyInstanceUIDs the PACS holds matching either key."""
+        ...
+
+    def retrieve_study(self, study_instance_uid: str) -> int:
+        """Ask the PACS to send the study to this box (C-MOVE); return instances completed.
+
+        Raises :class:`drimbox.errors.PacsError` when the PACS cannot be reached or refuses.
+        """
         ...
