@@ -1,0 +1,500 @@
+"""Ingest: check, store durably and index received instances (C-STORE and STOW-RS).
+
+Policy
+------
+- **Header-only parse.** The data set is parsed up to its pixel data (structure checked to its
+  last byte, so a truncated data set is refused); pixel data is never decoded or re-encoded.
+  The bytes are stored as received, behind a File Meta Information built from the C-STORE
+  command (STOW-RS stores the received Part 10 file unchanged).
+- **Checks**, each refusal raising an :class:`drimbox.errors.InvalidInstanceError` subclass,
+  audited and logged with its reason: size limit; command UIDs and the data set's SOP Class,
+  SOP Instance, Study Instance and Series Instance UIDs present and valid (PS3.5 §9.1); command
+  and data set agree (PS3.7 §9.3.1.1); Patient ID (0010,0020) present (Type 2 in the Patient
+  Module, PS3.3 §C.7.1.1: it may be empty, it may not be absent); for STOW-RS, the File Meta
+  Information agrees with the data set and the instance belongs to the target study.
+- **Order.** Blob put (durable) → index add → success. If the index fails, the blob is deleted
+  and the error propagates: nothing is left half-visible.
+- **Duplicates** (same SOP Instance UID, even concurrently): the first copy is kept, the
+  received copy is dropped and the store answers success with ``duplicate=True``;
+  ``identical`` tells whether the bytes were the same. Differing bytes are audited and logged
+  as a warning (the held copy is never silently replaced).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+
+from drimbox.dicom.metadata import indexed_attribute_values, instance_metadata
+from drimbox.dicom.part10 import (
+    DataSetHeader,
+    encode_file_meta,
+    read_data_set_header,
+    read_file_meta,
+)
+from drimbox.dicom.uids import validate_uid
+from drimbox.errors import (
+    FailureReason,
+    InstanceTooLargeError,
+    InvalidInstanceError,
+    MissingAttributeError,
+    UIDMismatchError,
+)
+from drimbox.model import AddOutcome, InstanceLocation, InstanceRecord, StoreResult
+from drimbox.ports import AuditLog, BlobStore, Index
+
+__all__ = ["IngestService"]
+
+_log = logging.getLogger("drimbox.ingest")
+
+_CHUNK_SIZE = 1 << 20
+_SPOOL_MAX_MEMORY = 8 << 20
+_SOP_CLASS_UID = BaseTag(0x00080016)
+_SOP_INSTANCE_UID = BaseTag(0x00080018)
+_STUDY_INSTANCE_UID = BaseTag(0x0020000D)
+_SERIES_INSTANCE_UID = BaseTag(0x0020000E)
+_PATIENT_ID = BaseTag(0x00100020)
+_NUMBER_OF_FRAMES = BaseTag(0x00280008)
+_IDENTITY_TAGS = (
+    ("SOPClassUID", _SOP_CLASS_UID),
+    ("SOPInstanceUID", _SOP_INSTANCE_UID),
+    ("StudyInstanceUID", _STUDY_INSTANCE_UID),
+    ("SeriesInstanceUID", _SERIES_INSTANCE_UID),
+)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+
+
+class IngestService:
+    """Checks, stores and indexes received instances; thread-safe.
+
+    Parameters
+    ----------
+    blobs
+        Where stored Part 10 files go.
+    index
+        The instance index.
+    audit
+        Every store, duplicate and refusal is recorded there.
+    max_instance_bytes
+        Largest data set (C-STORE) or Part 10 file (STOW-RS) accepted.
+    clock
+        Returns the current UTC time (``received_at``).
+    """
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        index: Index,
+        audit: AuditLog,
+        *,
+        max_instance_bytes: int,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._blobs = blobs
+        self._index = index
+        self._audit = audit
+        self._max_instance_bytes = max_instance_bytes
+        self._clock = clock
+        self._subscribers: list[Callable[[InstanceRecord], None]] = []
+        self._subscribers_lock = threading.Lock()
+
+    def subscribe(self, callback: Callable[[InstanceRecord], None]) -> None:
+        """Call ``callback`` after each new instance is stored and indexed.
+
+        Callbacks run on the storing thread; their exceptions are logged, never raised.
+        """
+        with self._subscribers_lock:
+            self._subscribers.append(callback)
+
+    def store_dataset(
+        self,
+        dataset: BinaryIO,
+        transfer_syntax_uid: str,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        source: str,
+    ) -> StoreResult:
+        """Store a data set received by C-STORE.
+
+        Parameters
+        ----------
+        dataset
+            The encoded data set as received (no preamble, no File Meta Information),
+            seekable, positioned at its first byte; it ends at the stream's end.
+        transfer_syntax_uid
+            The accepted presentation context's transfer syntax.
+        sop_class_uid, sop_instance_uid
+            Affected SOP Class/Instance UID of the C-STORE request.
+        source
+            Who sent it (e.g. ``AE@host``), for the audit trail.
+
+        Returns
+        -------
+        StoreResult
+
+        Raises
+        ------
+        InvalidInstanceError
+            The instance is refused (a subclass says why); nothing is stored.
+        StorageError, IndexUnavailableError
+            Storage failed; nothing is stored; the sender may retry.
+        """
+        try:
+            start = dataset.tell()
+            size = dataset.seek(0, io.SEEK_END) - start
+            dataset.seek(start)
+            self._check_size(size)
+            command_class = validate_uid(sop_class_uid, "Affected SOP Class UID")
+            command_instance = validate_uid(sop_instance_uid, "Affected SOP Instance UID")
+            syntax = validate_uid(transfer_syntax_uid, "Transfer Syntax UID")
+            header = read_data_set_header(
+                dataset, syntax, max_inflated_bytes=self._max_instance_bytes
+            )
+            identity = _identity(header.dataset)
+            _check_agree("SOP Class UID", command_class, identity.sop_class_uid, "command")
+            _check_agree("SOP Instance UID", command_instance, identity.sop_instance_uid, "command")
+        except InvalidInstanceError as error:
+            self._refused(error, source, sop_instance_uid)
+            raise
+        file_meta = encode_file_meta(command_class, command_instance, syntax)
+
+        def chunks() -> Iterator[bytes]:
+            yield file_meta
+            dataset.seek(start)
+            yield from _read_chunks(dataset)
+
+        return self._store(identity, header, syntax, len(file_meta), chunks, source)
+
+    def store_part10(
+        self, stream: BinaryIO, *, source: str, study_instance_uid: str | None = None
+    ) -> StoreResult:
+        """Store a whole DICOM Part 10 file (STOW-RS), unchanged.
+
+        Parameters
+        ----------
+        stream
+            The file, positioned at its first byte (its preamble); read to its end.
+        source
+            Who sent it, for the audit trail.
+        study_instance_uid
+            When the request targets a study, the instance must belong to it.
+
+        Returns
+        -------
+        StoreResult
+
+        Raises
+        ------
+        InvalidInstanceError
+            Refused (``reason`` is ``STUDY_MISMATCH`` for an instance of another study).
+        StorageError, IndexUnavailableError
+            Storage failed; nothing is stored.
+        """
+        if not stream.seekable():
+            return self._store_spooled(stream, source, study_instance_uid)
+        try:
+            start = stream.tell()
+            size = stream.seek(0, io.SEEK_END) - start
+            stream.seek(start)
+            self._check_size(size)
+            meta, data_set_offset = read_file_meta(stream)
+            syntax = validate_uid(str(meta.TransferSyntaxUID), "Transfer Syntax UID")
+            header = read_data_set_header(
+                stream, syntax, max_inflated_bytes=self._max_instance_bytes
+            )
+            identity = _identity(header.dataset)
+            media_class = meta.get("MediaStorageSOPClassUID")
+            media_instance = meta.get("MediaStorageSOPInstanceUID")
+            if media_class is not None:
+                _check_agree("SOP Class UID", str(media_class), identity.sop_class_uid, "meta")
+            if media_instance is not None:
+                _check_agree(
+                    "SOP Instance UID", str(media_instance), identity.sop_instance_uid, "meta"
+                )
+            if study_instance_uid is not None and identity.study_instance_uid != (
+                study_instance_uid
+            ):
+                raise InvalidInstanceError(
+                    f"instance {identity.sop_instance_uid} belongs to study "
+                    f"{identity.study_instance_uid}, not to the target study {study_instance_uid}",
+                    FailureReason.STUDY_MISMATCH,
+                )
+        except InvalidInstanceError as error:
+            self._refused(error, source, None)
+            raise
+
+        def chunks() -> Iterator[bytes]:
+            stream.seek(start)
+            yield from _read_chunks(stream)
+
+        return self._store(identity, header, syntax, data_set_offset, chunks, source)
+
+    def _store_spooled(
+        self, stream: BinaryIO, source: str, study_instance_uid: str | None
+    ) -> StoreResult:
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_MAX_MEMORY) as spool:
+            copied = 0
+            while chunk := stream.read(_CHUNK_SIZE):
+                copied += len(chunk)
+                try:
+                    self._check_size(copied)
+                except InvalidInstanceError as error:
+                    self._refused(error, source, None)
+                    raise
+                spool.write(chunk)
+            spool.seek(0)
+            return self.store_part10(
+                spool,  # type: ignore[arg-type]  # SpooledTemporaryFile is a binary file
+                source=source,
+                study_instance_uid=study_instance_uid,
+            )
+
+    def _check_size(self, size: int) -> None:
+        if size > self._max_instance_bytes:
+            raise InstanceTooLargeError(
+                f"instance of {size} bytes exceeds the {self._max_instance_bytes}-byte limit "
+                "(max_instance_bytes)"
+            )
+
+    def _store(
+        self,
+        identity: _Identity,
+        header: DataSetHeader,
+        transfer_syntax_uid: str,
+        data_set_offset: int,
+        chunks: Callable[[], Iterator[bytes]],
+        source: str,
+    ) -> StoreResult:
+        held = self._index.get_instance(identity.sop_instance_uid)
+        if held is not None:
+            digest = hashlib.sha256()
+            for chunk in chunks():
+                digest.update(chunk)
+            return self._duplicate(held, digest.hexdigest(), source)
+        pixel = header.pixel_data
+        pixel_offset = (
+            data_set_offset + pixel.value_offset
+            if pixel is not None and pixel.value_offset is not None
+            else None
+        )
+        metadata = instance_metadata(
+            header.dataset,
+            study_instance_uid=identity.study_instance_uid,
+            series_instance_uid=identity.series_instance_uid,
+            sop_instance_uid=identity.sop_instance_uid,
+            pixel_data=pixel,
+        )
+        attributes = indexed_attribute_values(header.dataset)
+        try:
+            blob = self._blobs.put(chunks())
+        except Exception as error:
+            self._failed(identity, source, "blob store", error)
+            raise
+        record = InstanceRecord(
+            sop_instance_uid=identity.sop_instance_uid,
+            sop_class_uid=identity.sop_class_uid,
+            series_instance_uid=identity.series_instance_uid,
+            study_instance_uid=identity.study_instance_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            blob=blob,
+            attributes=attributes,
+            metadata=metadata,
+            received_at=self._clock(),
+            number_of_frames=_number_of_frames(header),
+            pixel_data_offset=pixel_offset,
+        )
+        try:
+            outcome = self._index.add_instance(record)
+        except Exception as error:
+            self._delete_blob(blob.key)
+            self._failed(identity, source, "index", error)
+            raise
+        if outcome is AddOutcome.DUPLICATE:
+            self._delete_blob(blob.key)
+            held = self._index.get_instance(identity.sop_instance_uid)
+            return self._duplicate(held or _location(record), blob.sha256, source)
+        self._audit.record(
+            "dicom.instance.stored",
+            "success",
+            source=source,
+            sop_instance_uid=identity.sop_instance_uid,
+            study_instance_uid=identity.study_instance_uid,
+            size=blob.size,
+        )
+        _log.debug(
+            "ingest.stored sop_instance_uid=%s size=%d source=%s",
+            identity.sop_instance_uid,
+            blob.size,
+            source,
+        )
+        self._notify(record)
+        return StoreResult(location=_location(record))
+
+    def _duplicate(self, held: InstanceLocation, sha256: str, source: str) -> StoreResult:
+        identical = held.blob.sha256 == sha256
+        self._audit.record(
+            "dicom.instance.duplicate",
+            "success" if identical else "warning",
+            source=source,
+            sop_instance_uid=held.sop_instance_uid,
+            study_instance_uid=held.study_instance_uid,
+            identical=int(identical),
+        )
+        if not identical:
+            _log.warning(
+                "ingest.duplicate_differs sop_instance_uid=%s source=%s held_sha256=%s "
+                "received_sha256=%s policy=keep-first",
+                held.sop_instance_uid,
+                source,
+                held.blob.sha256,
+                sha256,
+            )
+        return StoreResult(location=held, duplicate=True, identical=identical)
+
+    def _delete_blob(self, key: str) -> None:
+        try:
+            self._blobs.delete(key)
+        except Exception as error:  # the orphan is found and removed by `drimbox verify`
+            _log.error("ingest.orphan_blob key=%s error=%s", key, error)
+
+    def _refused(
+        self, error: InvalidInstanceError, source: str, sop_instance_uid: str | None
+    ) -> None:
+        shown = sop_instance_uid if sop_instance_uid and len(sop_instance_uid) <= 64 else None
+        self._audit.record(
+            "dicom.instance.refused",
+            "failure",
+            source=source,
+            sop_instance_uid=shown,
+            reason=str(error.reason),
+            detail=str(error),
+        )
+        _log.warning(
+            "ingest.refused reason=%s source=%s sop_instance_uid=%s detail=%s",
+            error.reason,
+            source,
+            shown,
+            error,
+        )
+
+    def _failed(self, identity: _Identity, source: str, stage: str, error: Exception) -> None:
+        self._audit.record(
+            "dicom.instance.store_failed",
+            "failure",
+            source=source,
+            sop_instance_uid=identity.sop_instance_uid,
+            stage=stage,
+            detail=f"{type(error).__name__}: {error}",
+        )
+        _log.error(
+            "ingest.store_failed stage=%s sop_instance_uid=%s source=%s error=%s",
+            stage,
+            identity.sop_instance_uid,
+            source,
+            f"{type(error).__name__}: {error}",
+        )
+
+    def _notify(self, record: InstanceRecord) -> None:
+        with self._subscribers_lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(record)
+            except Exception:
+                _log.exception(
+                    "ingest.subscriber_failed sop_instance_uid=%s", record.sop_instance_uid
+                )
+
+
+def _read_chunks(stream: BinaryIO) -> Iterator[bytes]:
+    while chunk := stream.read(_CHUNK_SIZE):
+        yield chunk
+
+
+def _raw_text(dataset: Dataset, tag: BaseTag) -> str | None:
+    """Return an element's value as text without converting it (no validation warnings)."""
+    if tag not in dataset:
+        return None
+    element = dataset.get_item(tag)
+    value = element.value
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("ascii", errors="replace").rstrip("\x00 ")
+    return str(value).rstrip("\x00 ")
+
+
+def _identity(dataset: Dataset) -> _Identity:
+    uids: dict[str, str] = {}
+    for keyword, tag in _IDENTITY_TAGS:
+        text = _raw_text(dataset, tag)
+        if not text:
+            state = "absent" if text is None else "empty"
+            raise MissingAttributeError(f"{keyword} {tag} is {state}; it is mandatory (Type 1)")
+        uids[keyword] = validate_uid(text, keyword)
+    if _PATIENT_ID not in dataset:
+        raise MissingAttributeError(
+            "PatientID (0010,0020) is absent; it is Type 2: it may be empty, not absent "
+            "(PS3.3 §C.7.1.1)"
+        )
+    return _Identity(
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+    )
+
+
+def _check_agree(name: str, declared: str, in_data_set: str, where: str) -> None:
+    declared = declared.rstrip("\x00 ")
+    if declared != in_data_set:
+        origin = "the C-STORE command" if where == "command" else "the File Meta Information"
+        raise UIDMismatchError(
+            f"{name} {declared[:64]!r} of {origin} differs from {in_data_set!r} in the data set "
+            "(PS3.4 §B.2.3)"
+        )
+
+
+def _number_of_frames(header: DataSetHeader) -> int:
+    if header.pixel_data is None:
+        return 0
+    text = _raw_text(header.dataset, _NUMBER_OF_FRAMES)
+    try:
+        return max(1, int(text)) if text else 1
+    except ValueError:
+        return 1
+
+
+def _location(record: InstanceRecord) -> InstanceLocation:
+    return InstanceLocation(
+        sop_instance_uid=record.sop_instance_uid,
+        sop_class_uid=record.sop_class_uid,
+        series_instance_uid=record.series_instance_uid,
+        study_instance_uid=record.study_instance_uid,
+        transfer_syntax_uid=record.transfer_syntax_uid,
+        blob=record.blob,
+        number_of_frames=record.number_of_frames,
+        pixel_data_offset=record.pixel_data_offset,
+    )
