@@ -25,8 +25,6 @@ __all__ = [
     "Level",
     "OutboxJob",
     "Query",
-    "ReportAction",
-    "ReportNotice",
     "SearchResult",
     "StoreResult",
     "StoredBlob",
@@ -200,79 +198,6 @@ class IndexStatistics:
     series: int
     instances: int
     stored_bytes: int
-
-
-class ReportAction(StrEnum):
-    """What a report message asks of the published manifest."""
-
-    PUBLISH = "publish"
-    """A validated (or amended) report: publish, or replace what is published."""
-    CANCEL = "cancel"
-    """The report is cancelled (ORC CA / result status D): de-publish."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReportNotice:
-    """A validated report as the publication workflow needs it (from HL7 ORU/MDM + CDA).
-
-    Attributes
-    ----------
-    message_id
-        MSH-10 of the carrying message (idempotency of re-sent messages).
-    action
-        Publish or cancel.
-    report_id
-        The CDA document id (``root^extension``).
-    study_instance_uid
-        The exam (CDA serviceEvent id, or the message's).
-    accession_number
-        The accession number, when given.
-    placer_order_number
-        The order, when given.
-    ins_value, ins_oid
-        The patient's INS matricule and its OID.
-    ins_qualified
-        Whether the identity is qualified (PID-32 ``VALI``).
-    ipp, ipp_authority
-        The site's patient id (PID-3 PI) and its assigning authority.
-    send_to_dmp
-        The DMP flag allows publication.
-    masked
-        Masked to health professionals in the DMP.
-    invisible_to_patient
-        Not visible to the patient (DMP flag).
-    confidentiality
-        CDA confidentialityCode (``N``, ``R``, ``V``).
-    author_id, author_name, organisation_id, organisation_name
-        Who validated the report and where.
-    exam_date
-        ``YYYYMMDD`` of the exam, when known.
-    modalities, region_codes
-        From the CDA service event, when given (the images are the reference for modalities).
-    """
-
-    message_id: str
-    action: ReportAction
-    report_id: str
-    study_instance_uid: str
-    accession_number: str | None
-    placer_order_number: str | None
-    ins_value: str | None
-    ins_oid: str | None
-    ins_qualified: bool
-    ipp: str | None
-    ipp_authority: str | None
-    send_to_dmp: bool = True
-    masked: bool = False
-    invisible_to_patient: bool = False
-    confidentiality: str = "N"
-    author_id: str | None = None
-    author_name: str | None = None
-    organisation_id: str | None = None
-    organisation_name: str | None = None
-    exam_date: str | None = None
-    modalities: tuple[str, ...] = ()
-    region_codes: tuple[tuple[str, str, str], ...] = ()
 
 
 class ExamState(StrEnum):

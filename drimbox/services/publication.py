@@ -1,0 +1,413 @@
+"""Source workflow: a validated report becomes a manifest queued for the national registry, and
+stays true afterwards (amended report, IOCM rejection, cancelled report).
+
+The steps for one report (each audited, each idempotent):
+
+1. identity vigilance: a qualified INS is required (:func:`drimbox.identity.publication_problems`)
+   and the DMP flag must allow publication; otherwise the exam is quarantined / not published;
+2. completeness: the study must be held and stable; if it is not held, the site's PACS is asked
+   to send it (C-FIND + C-MOVE) and the exam waits for stability, up to a time-out;
+3. coherence: the report and the images must agree (StudyInstanceUID, accession, patient traits);
+   any mismatch quarantines the exam with the reason;
+4. a KOS manifest (next version, deterministic UIDs) is built from every non-rejected instance,
+   written durably to the blob store, and queued in the outbox in the same transaction as the
+   exam's new state; the :class:`~drimbox.services.publisher.Publisher` sends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from drimbox.errors import DrimboxError, PacsError
+from drimbox.identity import PatientIdentity, StudyFacts, publication_problems, study_mismatches
+from drimbox.model import (
+    Exam,
+    ExamState,
+    InstanceLocation,
+    JobAction,
+    JobState,
+    Level,
+    OutboxJob,
+    Query,
+)
+from drimbox.ports import AuditLog, BlobStore, Index, Pacs, PublicationStore
+from drimbox.services.manifests import build_submission, submission_to_dict
+from drimbox.services.reports import ReportAction, ReportNotice, notice_from_dict, notice_to_dict
+
+__all__ = ["ManifestBuilder", "ManifestDraft", "PublicationService"]
+
+_log = logging.getLogger("drimbox.publication")
+
+KEY_OBJECT_SELECTION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+"""Key Object Selection Document Storage (PS3.4 Annex B.5): manifests are never referenced."""
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestDraft:
+    """What the KOS builder needs for one manifest version.
+
+    Attributes
+    ----------
+    notice
+        The report.
+    version
+        Manifest version (1 for the first publication).
+    instances
+        The instances to reference (never rejected ones, never manifests).
+    study_attributes
+        Study-level attributes of the images (DICOM JSON of the study match).
+    """
+
+    notice: ReportNotice
+    version: int
+    instances: tuple[InstanceLocation, ...]
+    study_attributes: dict[str, Any] = field(default_factory=dict)
+
+
+class ManifestBuilder(Protocol):
+    """Builds the KOS manifest bytes (Part 10) of a draft; returns (SOP Instance UID, bytes)."""
+
+    def __call__(self, draft: ManifestDraft) -> tuple[str, bytes]:
+        """Build the manifest."""
+        ...
+
+
+class PublicationService:
+    """Turns report notices and IOCM rejections into queued registry operations.
+
+    Parameters
+    ----------
+    index, blobs, store, audit
+        Ports.
+    build_manifest
+        The KOS builder.
+    source_box_id
+        This box's identifier in the registry.
+    wake_publisher
+        Called after a job is queued.
+    pacs
+        The site's PACS, to fetch studies that are not held (optional).
+    production
+        Refuse test INS OIDs.
+    images_timeout
+        How long an exam may wait for its images.
+    clock
+        Current UTC time.
+    """
+
+    def __init__(
+        self,
+        *,
+        index: Index,
+        blobs: BlobStore,
+        store: PublicationStore,
+        audit: AuditLog,
+        build_manifest: ManifestBuilder,
+        source_box_id: str,
+        wake_publisher: Callable[[], None] = lambda: None,
+        pacs: Pacs | None = None,
+        production: bool = False,
+        images_timeout: timedelta = timedelta(hours=1),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._index = index
+        self._blobs = blobs
+        self._store = store
+        self._audit = audit
+        self._build_manifest = build_manifest
+        self._source_box_id = source_box_id
+        self._wake_publisher = wake_publisher
+        self._pacs = pacs
+        self._production = production
+        self._images_timeout = images_timeout
+        self._clock = clock
+        self._lock = threading.RLock()  # one exam transition at a time in this process
+
+    # ------------------------------------------------------------------ reports
+    def handle_report(self, notice: ReportNotice) -> Exam:
+        """Process one report notice; return the exam's new state."""
+        with self._lock:
+            exam = self._store.get_exam(notice.study_instance_uid)
+            if exam is not None and exam.report.get("message_id") == notice.message_id:
+                return exam  # the same message again: already processed
+            if notice.action is ReportAction.CANCEL:
+                return self._cancel(notice, exam)
+            return self._publish(notice, exam, fetch=True)
+
+    def _publish(self, notice: ReportNotice, exam: Exam | None, *, fetch: bool) -> Exam:
+        report = notice_to_dict(notice)
+        problems = publication_problems(notice.patient, allow_test_oids=not self._production)
+        if problems:
+            return self._settle(notice, exam, report, ExamState.QUARANTINED, "; ".join(problems))
+        if not notice.send_to_dmp:
+            return self._settle(
+                notice, exam, report, ExamState.NOT_FOR_DMP, "the DMP flag forbids publication"
+            )
+        instances = self._referenceable(notice.study_instance_uid)
+        if not instances or not self._is_stable(notice.study_instance_uid):
+            if not instances and fetch:
+                self._fetch_from_pacs(notice)
+            return self._settle(
+                notice, exam, report, ExamState.WAITING_FOR_IMAGES,
+                "waiting for the study's images to be complete",
+            )  # fmt: skip
+        study = self._study_attributes(notice.study_instance_uid)
+        mismatches = study_mismatches(notice.facts, _image_facts(notice.study_instance_uid, study))
+        if mismatches:
+            return self._settle(notice, exam, report, ExamState.QUARANTINED, "; ".join(mismatches))
+        return self._queue_manifest(notice, exam, report, instances, study)
+
+    def _queue_manifest(
+        self,
+        notice: ReportNotice,
+        exam: Exam | None,
+        report: dict[str, Any],
+        instances: list[InstanceLocation],
+        study: dict[str, Any],
+    ) -> Exam:
+        version = (exam.version if exam else 0) + 1
+        draft = ManifestDraft(notice, version, tuple(instances), study)
+        kos_uid, kos_bytes = self._build_manifest(draft)
+        blob = self._blobs.put([kos_bytes])
+        modalities = tuple(_values(study, "00080061"))
+        study_date = next(iter(_values(study, "00080020")), None)
+        submission = build_submission(
+            notice,
+            kos_sop_instance_uid=kos_uid,
+            modalities=modalities,
+            study_date=study_date,
+            source_box_id=self._source_box_id,
+        )
+        previous_kos = exam.kos_sop_instance_uid if exam else None
+        has_entry = exam is not None and (
+            exam.registry_entry_id is not None or exam.state is ExamState.QUEUED
+        )
+        action = JobAction.REPLACE if has_entry and previous_kos else JobAction.PUBLISH
+        now = self._clock()
+        new_exam = Exam(
+            study_instance_uid=notice.study_instance_uid,
+            state=ExamState.QUEUED,
+            reason=None,
+            version=version,
+            report=report,
+            kos_sop_instance_uid=kos_uid,
+            registry_entry_id=exam.registry_entry_id if exam else None,
+            updated_at=now,
+        )
+        job = OutboxJob(
+            job_id=0,
+            study_instance_uid=notice.study_instance_uid,
+            action=action,
+            version=version,
+            kos_sop_instance_uid=kos_uid,
+            kos_blob_key=blob.key,
+            submission=submission_to_dict(submission),
+            replaces=previous_kos if action is JobAction.REPLACE else None,
+            state=JobState.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            last_error=None,
+            registry_entry_id=None,
+            created_at=now,
+        )
+        queued = self._store.queue_job(new_exam, job)
+        self._audit.record(
+            "publication.queued", "success", study=notice.study_instance_uid,
+            kos=kos_uid, version=version, action=action.value, job=queued.job_id,
+            instances=len(instances),
+        )  # fmt: skip
+        _log.info(
+            "publication.queued study=%s version=%s action=%s",
+            notice.study_instance_uid, version, action.value,
+        )  # fmt: skip
+        self._wake_publisher()
+        return new_exam
+
+    def _cancel(self, notice: ReportNotice, exam: Exam | None) -> Exam:
+        report = notice_to_dict(notice)
+        if exam is None or exam.kos_sop_instance_uid is None:
+            return self._settle(
+                notice, exam, report, ExamState.DEPUBLISHED, "report cancelled before publication"
+            )
+        return self._queue_delete(exam, report, "report cancelled")
+
+    def _queue_delete(self, exam: Exam, report: dict[str, Any], reason: str) -> Exam:
+        now = self._clock()
+        new_exam = replace(
+            exam, state=ExamState.QUEUED, reason=reason, report=report, updated_at=now
+        )
+        job = OutboxJob(
+            job_id=0,
+            study_instance_uid=exam.study_instance_uid,
+            action=JobAction.DELETE,
+            version=exam.version,
+            kos_sop_instance_uid=exam.kos_sop_instance_uid,
+            kos_blob_key=None,
+            submission=None,
+            replaces=exam.kos_sop_instance_uid,
+            state=JobState.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            last_error=None,
+            registry_entry_id=None,
+            created_at=now,
+        )
+        queued = self._store.queue_job(new_exam, job)
+        self._audit.record(
+            "publication.depublish_queued", "success", study=exam.study_instance_uid,
+            kos=exam.kos_sop_instance_uid, reason=reason, job=queued.job_id,
+        )  # fmt: skip
+        self._wake_publisher()
+        return new_exam
+
+    def _settle(
+        self,
+        notice: ReportNotice,
+        exam: Exam | None,
+        report: dict[str, Any],
+        state: ExamState,
+        reason: str,
+    ) -> Exam:
+        settled = Exam(
+            study_instance_uid=notice.study_instance_uid,
+            state=state,
+            reason=reason,
+            version=exam.version if exam else 0,
+            report=report,
+            kos_sop_instance_uid=exam.kos_sop_instance_uid if exam else None,
+            registry_entry_id=exam.registry_entry_id if exam else None,
+            updated_at=self._clock(),
+        )
+        self._store.save_exam(settled)
+        outcome = "waiting" if state is ExamState.WAITING_FOR_IMAGES else state.value
+        self._audit.record(
+            "publication.report", outcome, study=notice.study_instance_uid, reason=reason
+        )
+        _log.info(
+            "publication.%s study=%s reason=%s", state.value, notice.study_instance_uid, reason
+        )
+        return settled
+
+    # ------------------------------------------------------------------ images
+    def on_study_stable(self, study_instance_uid: str) -> Exam | None:
+        """Continue an exam that was waiting for its images (StabilityMonitor subscriber)."""
+        with self._lock:
+            exam = self._store.get_exam(study_instance_uid)
+            if exam is None or exam.state not in (
+                ExamState.WAITING_FOR_IMAGES,
+                ExamState.IMAGES_TIMED_OUT,
+            ):
+                return None
+            return self._publish(notice_from_dict(exam.report), exam, fetch=False)
+
+    def expire_waiting(self) -> list[str]:
+        """Mark exams that waited longer than the time-out; return their StudyInstanceUIDs."""
+        expired = []
+        with self._lock:
+            deadline = self._clock() - self._images_timeout
+            for exam in self._store.exams():
+                if exam.state is ExamState.WAITING_FOR_IMAGES and exam.updated_at < deadline:
+                    self._store.save_exam(
+                        replace(
+                            exam,
+                            state=ExamState.IMAGES_TIMED_OUT,
+                            reason="the study's images did not arrive in time",
+                            updated_at=self._clock(),
+                        )
+                    )
+                    self._audit.record(
+                        "publication.images_timed_out", "failure", study=exam.study_instance_uid
+                    )
+                    expired.append(exam.study_instance_uid)
+        return expired
+
+    def on_instances_rejected(self, study_instance_uid: str) -> Exam | None:
+        """Rebuild (or withdraw) the manifest after IOCM rejected some of the study's instances."""
+        with self._lock:
+            exam = self._store.get_exam(study_instance_uid)
+            if exam is None or exam.kos_sop_instance_uid is None:
+                return exam
+            if exam.state in (ExamState.DEPUBLISHED, ExamState.QUARANTINED):
+                return exam
+            instances = self._referenceable(study_instance_uid)
+            if not instances:
+                return self._queue_delete(exam, exam.report, "every image was rejected (IOCM)")
+            notice = notice_from_dict(exam.report)
+            study = self._study_attributes(study_instance_uid)
+            return self._queue_manifest(notice, exam, exam.report, instances, study)
+
+    def _referenceable(self, study_instance_uid: str) -> list[InstanceLocation]:
+        return [
+            location
+            for location in self._index.locate(study_instance_uid)
+            if location.sop_class_uid != KEY_OBJECT_SELECTION_SOP_CLASS
+        ]
+
+    def _is_stable(self, study_instance_uid: str) -> bool:
+        return study_instance_uid not in self._index.unstable_studies(self._clock())
+
+    def _study_attributes(self, study_instance_uid: str) -> dict[str, Any]:
+        result = self._index.search(
+            Query(
+                level=Level.STUDY,
+                filters={"StudyInstanceUID": study_instance_uid},
+                include=frozenset({"all"}),
+            )
+        )
+        return result.matches[0] if result.matches else {}
+
+    def _fetch_from_pacs(self, notice: ReportNotice) -> None:
+        if self._pacs is None:
+            return
+        try:
+            found = self._pacs.find_studies(
+                study_instance_uid=notice.study_instance_uid,
+                accession_number=notice.accession_number,
+            )
+            if notice.study_instance_uid in found:
+                moved = self._pacs.retrieve_study(notice.study_instance_uid)
+                self._audit.record(
+                    "publication.pacs_retrieve", "success",
+                    study=notice.study_instance_uid, instances=moved,
+                )  # fmt: skip
+            else:
+                self._audit.record(
+                    "publication.pacs_retrieve", "not-found", study=notice.study_instance_uid
+                )
+        except (PacsError, DrimboxError) as error:
+            self._audit.record(
+                "publication.pacs_retrieve", "failure",
+                study=notice.study_instance_uid, reason=str(error),
+            )  # fmt: skip
+            _log.warning(
+                "publication.pacs_failed study=%s error=%s", notice.study_instance_uid, error
+            )
+
+
+def _values(dataset: dict[str, Any], tag: str) -> list[str]:
+    element = dataset.get(tag) or {}
+    return [str(v) for v in element.get("Value", []) if v is not None]
+
+
+def _image_facts(study_instance_uid: str, study: dict[str, Any]) -> StudyFacts:
+    name = study.get("00100010", {}).get("Value", [{}])
+    alphabetic = name[0].get("Alphabetic", "") if name and isinstance(name[0], dict) else ""
+    family, _, given = alphabetic.partition("^")
+    patient = PatientIdentity(
+        ipp=next(iter(_values(study, "00100020")), None),
+        ipp_authority=next(iter(_values(study, "00100021")), None),
+        birth_name=family or None,
+        first_given_name=given.split("^")[0] or None if given else None,
+        birth_date=next(iter(_values(study, "00100030")), None),
+        sex=next(iter(_values(study, "00100040")), None),
+    )
+    return StudyFacts(
+        study_instance_uids=(study_instance_uid,) if study else (),
+        accession_numbers=tuple(_values(study, "00080050")),
+        patient=patient,
+    )
