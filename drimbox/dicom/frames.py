@@ -141,7 +141,7 @@ def locate_frames(part10: BinaryIO) -> FrameSource:
         lengths = struct.unpack(
             f"<{len(dataset.ExtendedOffsetTableLengths) // 8}Q", dataset.ExtendedOffsetTableLengths
         )
-    # A deferred DataElement knows its value's position as file_tell, a RawDataElement as value_tell.
+    # A deferred DataElement gives its value position as file_tell, a raw one as value_tell.
     tell = getattr(element, "file_tell", None) or getattr(element, "value_tell", None)
     if tell is None:
         raise UnreadableInstanceError("the position of Pixel Data in the file is unknown")
