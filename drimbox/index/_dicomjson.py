@@ -1,0 +1,101 @@
+"""Indexed attribute values (DICOM string form) to DICOM JSON (PS3.18 §F.2).
+
+The index keeps values as DICOM strings (see :class:`drimbox.model.InstanceRecord`); matches are
+returned as DICOM JSON data sets whose tags and VRs come from pydicom's data dictionary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+from drimbox.model import DicomJson
+
+__all__ = ["VALUE_SEPARATOR", "dicom_json", "tag_hex", "vr_of"]
+
+VALUE_SEPARATOR = "\\"
+"""Separator of the values of a multi-valued attribute (PS3.5 §6.4)."""
+
+_COMPONENT_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+"""Component groups of a PN value, separated by ``=`` (PS3.5 §6.2.1, PS3.18 §F.2.2)."""
+
+_INTEGER_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
+_DECIMAL_VRS = frozenset({"DS", "FD", "FL"})
+_INTEGER_TEXT = re.compile(r"[+-]?\d+")
+
+
+@cache
+def tag_hex(keyword: str) -> str:
+    """Return the 8-digit upper-case hex tag of a pydicom keyword (``"0020000D"``)."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return f"{tag:08X}"
+
+
+@cache
+def vr_of(keyword: str) -> str:
+    """Return the VR of a pydicom keyword (the first one when the dictionary lists several)."""
+    vr: str = dictionary_VR(keyword)
+    return vr.split(" or ")[0]
+
+
+def _number(text: str, vr: str) -> int | float | str:
+    if vr in _INTEGER_VRS or _INTEGER_TEXT.fullmatch(text):
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _person_name(text: str) -> dict[str, str]:
+    groups = text.split("=")
+    return {name: group for name, group in zip(_COMPONENT_GROUPS, groups, strict=False) if group}
+
+
+def _values(text: str, vr: str) -> list[Any]:
+    values: list[Any] = []
+    for item in text.split(VALUE_SEPARATOR):
+        item = item.strip(" ") if vr != "PN" else item
+        if vr == "PN":
+            values.append(_person_name(item) if item else None)
+        elif vr in _INTEGER_VRS or vr in _DECIMAL_VRS:
+            values.append(_number(item, vr) if item else None)
+        else:
+            values.append(item if item else None)
+    return values
+
+
+def dicom_json(values: Mapping[str, str | int | None]) -> DicomJson:
+    """Build a DICOM JSON data set from values by keyword.
+
+    Parameters
+    ----------
+    values
+        Keyword to value in DICOM string form (``\\``-separated when multi-valued), an integer
+        (computed counts), or ``None``/empty for an empty attribute (``{"vr": ...}`` only).
+
+    Returns
+    -------
+    DicomJson
+        Keys sorted by tag, as PS3.18 §F.2 recommends.
+    """
+    data: DicomJson = {}
+    for keyword in sorted(values, key=tag_hex):
+        value = values[keyword]
+        vr = vr_of(keyword)
+        element: dict[str, Any] = {"vr": vr}
+        if isinstance(value, int):
+            element["Value"] = [value]
+        elif value:
+            element["Value"] = _values(value, vr)
+        data[tag_hex(keyword)] = element
+    return data

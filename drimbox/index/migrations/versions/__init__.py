@@ -1,0 +1,1 @@
+"""Alembic revisions of the index schema, applied in order by ``upgrade head``."""

@@ -1,0 +1,368 @@
+"""The Index port on SQLAlchemy Core: one implementation for SQLite and PostgreSQL.
+
+Adding an instance is one transaction: upsert patient, study and series, insert the instance,
+update the counters. Concurrent adds of the same SOP Instance UID (threads or processes) give
+exactly one ``STORED``: the instance insert is ``ON CONFLICT DO NOTHING`` on its unique key.
+
+Patient, study and series attributes: the first non-empty value wins (a later instance only fills
+attributes still empty). An instance whose series already belongs to another study (or whose
+study belongs to another patient) is indexed under the existing parents.
+
+Stability: each add bumps the study's ``revision`` and clears ``stable``;
+:meth:`SqlIndex.unstable_studies` remembers the revisions it saw, and
+:meth:`SqlIndex.mark_stable` is a compare-and-set on that revision.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from drimbox.errors import DrimboxError, IndexUnavailableError
+from drimbox.index._dicomjson import dicom_json
+from drimbox.index._migrate import upgrade_to_head
+from drimbox.index._query import plan_query
+from drimbox.index._records import (
+    integer_order,
+    level_values,
+    metadata_text,
+    microseconds,
+)
+from drimbox.index._schema import instances, patients, series, studies
+from drimbox.index._sqlsearch import build_search, parent_joins
+from drimbox.index._sqlwrite import (
+    AnyRow,
+    DuplicateInstanceError,
+    add_instance_in,
+    remove_instance_in,
+)
+from drimbox.model import (
+    AddOutcome,
+    DicomJson,
+    IndexStatistics,
+    InstanceLocation,
+    InstanceRecord,
+    Level,
+    Query,
+    SearchResult,
+    StoredBlob,
+)
+
+__all__ = ["METADATA_BATCH", "WRITE_ATTEMPTS", "SqlIndex"]
+
+WRITE_ATTEMPTS = 5
+"""Attempts of a write transaction aborted by a deadlock, serialization failure or busy file."""
+
+METADATA_BATCH = 256
+"""Instances whose metadata is read per query while streaming a study's metadata."""
+
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+"""PostgreSQL serialization_failure and deadlock_detected (PostgreSQL Appendix A)."""
+
+_T = TypeVar("_T")
+
+LOCATION_COLUMNS = (
+    instances.c.SOPInstanceUID,
+    instances.c.SOPClassUID,
+    series.c.SeriesInstanceUID,
+    studies.c.StudyInstanceUID,
+    instances.c.transfer_syntax_uid,
+    instances.c.blob_key,
+    instances.c.blob_size,
+    instances.c.blob_sha256,
+    instances.c.number_of_frames,
+    instances.c.pixel_data_offset,
+)
+
+
+def location_of(row: AnyRow) -> InstanceLocation:
+    """Build an :class:`InstanceLocation` from a row of :data:`LOCATION_COLUMNS`."""
+    return InstanceLocation(
+        sop_instance_uid=row.SOPInstanceUID,
+        sop_class_uid=row.SOPClassUID,
+        series_instance_uid=row.SeriesInstanceUID,
+        study_instance_uid=row.StudyInstanceUID,
+        transfer_syntax_uid=row.transfer_syntax_uid,
+        blob=StoredBlob(key=row.blob_key, size=row.blob_size, sha256=row.blob_sha256),
+        number_of_frames=row.number_of_frames,
+        pixel_data_offset=row.pixel_data_offset,
+    )
+
+
+def _retryable(error: sa.exc.DBAPIError) -> bool:
+    if getattr(error.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+        return True
+    return "database is locked" in str(error.orig)
+
+
+class SqlIndex:
+    """Index on a relational database through SQLAlchemy Core (thread-safe).
+
+    Parameters
+    ----------
+    reader
+        Engine for read-only transactions.
+    writer
+        Engine for write transactions (SQLite: one whose transactions ``BEGIN IMMEDIATE``);
+        defaults to ``reader``.
+    migrate
+        Bring the schema to the latest revision at open (under a cross-process lock).
+    """
+
+    def __init__(
+        self, reader: sa.Engine, writer: sa.Engine | None = None, *, migrate: bool = True
+    ) -> None:
+        self._reader = reader
+        self._writer = writer or reader
+        self._seen_revisions: dict[str, int] = {}
+        self._seen_lock = threading.Lock()
+        if migrate:
+            with self._guard():
+                upgrade_to_head(self._writer)
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Translate database failures into :class:`IndexUnavailableError`."""
+        try:
+            yield
+        except DrimboxError:
+            raise
+        except sa.exc.SQLAlchemyError as error:
+            raise IndexUnavailableError(
+                f"the index database failed: {type(error).__name__}"
+            ) from error
+
+    def _write(self, work: Callable[[sa.Connection], _T]) -> _T:
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with self._guard_retry(attempt), self._writer.begin() as connection:
+                    return work(connection)
+            except _RetryError:
+                continue
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextmanager
+    def _guard_retry(self, attempt: int) -> Iterator[None]:
+        try:
+            with self._guard():
+                yield
+        except IndexUnavailableError as error:
+            cause = error.__cause__
+            if (
+                attempt < WRITE_ATTEMPTS
+                and isinstance(cause, sa.exc.DBAPIError)
+                and _retryable(cause)
+            ):
+                raise _RetryError from error
+            raise
+
+    def _read(self) -> AbstractContextManager[sa.Connection]:
+        return self._reader.connect()
+
+    def _insert(self, table: sa.Table) -> Any:
+        if self._writer.dialect.name == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    def add_instance(self, record: InstanceRecord) -> AddOutcome:
+        """Index a new instance atomically; ``DUPLICATE`` if its SOP Instance UID is held."""
+        with self._guard(), self._read() as connection:
+            held = connection.execute(
+                sa.select(instances.c.id).where(
+                    instances.c.SOPInstanceUID == record.sop_instance_uid
+                )
+            ).first()
+        if held is not None:
+            return AddOutcome.DUPLICATE
+        values = {
+            level: level_values(record, level)
+            for level in (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
+        }
+        image = values[Level.IMAGE]
+        image.update(
+            instance_number_order=integer_order(image["InstanceNumber"]),
+            transfer_syntax_uid=record.transfer_syntax_uid,
+            blob_key=record.blob.key,
+            blob_size=record.blob.size,
+            blob_sha256=record.blob.sha256,
+            number_of_frames=record.number_of_frames,
+            pixel_data_offset=record.pixel_data_offset,
+            received_at=microseconds(record.received_at),
+            metadata=metadata_text(record),
+        )
+        values[Level.SERIES]["series_number_order"] = integer_order(
+            values[Level.SERIES]["SeriesNumber"]
+        )
+        try:
+            return self._write(lambda connection: add_instance_in(connection, self._insert, values))
+        except DuplicateInstanceError:
+            return AddOutcome.DUPLICATE
+
+    def get_instance(self, sop_instance_uid: str) -> InstanceLocation | None:
+        """Return where an instance is stored, or ``None``."""
+        statement = (
+            sa.select(*LOCATION_COLUMNS)
+            .select_from(parent_joins(Level.IMAGE, Level.STUDY))
+            .where(instances.c.SOPInstanceUID == sop_instance_uid)
+        )
+        with self._guard(), self._read() as connection:
+            row = connection.execute(statement).first()
+        return None if row is None else location_of(row)
+
+    def _selection(
+        self, columns: tuple[Any, ...], study: str, series_uid: str | None, sop: str | None
+    ) -> sa.Select[*tuple[Any, ...]]:
+        statement = (
+            sa.select(*columns)
+            .select_from(parent_joins(Level.IMAGE, Level.STUDY))
+            .where(studies.c.StudyInstanceUID == study)
+        )
+        if series_uid is not None:
+            statement = statement.where(series.c.SeriesInstanceUID == series_uid)
+        if sop is not None:
+            statement = statement.where(instances.c.SOPInstanceUID == sop)
+        return statement.order_by(
+            series.c.series_number_order.nulls_last(),
+            series.c.SeriesInstanceUID,
+            instances.c.instance_number_order.nulls_last(),
+            instances.c.SOPInstanceUID,
+        )
+
+    def locate(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> list[InstanceLocation]:
+        """Return the selected instances, by series number then instance number."""
+        statement = self._selection(
+            LOCATION_COLUMNS, study_instance_uid, series_instance_uid, sop_instance_uid
+        )
+        with self._guard(), self._read() as connection:
+            return [location_of(row) for row in connection.execute(statement)]
+
+    def metadata_documents(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> Iterator[str]:
+        """Yield the stored JSON text of the selected instances (same order as ``locate``)."""
+        statement = self._selection(
+            (instances.c.id,), study_instance_uid, series_instance_uid, sop_instance_uid
+        )
+        with self._guard(), self._read() as connection:
+            identifiers = list(connection.execute(statement).scalars())
+        for start in range(0, len(identifiers), METADATA_BATCH):
+            batch = identifiers[start : start + METADATA_BATCH]
+            with self._guard(), self._read() as connection:
+                rows = connection.execute(
+                    sa.select(instances.c.id, instances.c.metadata).where(instances.c.id.in_(batch))
+                )
+                texts: dict[int, str] = {row.id: row.metadata for row in rows}
+            yield from (texts[i] for i in batch if i in texts)
+
+    def metadata(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> Iterator[DicomJson]:
+        """Yield the DICOM JSON metadata of the selected instances."""
+        for text in self.metadata_documents(
+            study_instance_uid, series_instance_uid, sop_instance_uid
+        ):
+            document: DicomJson = json.loads(text)
+            yield document
+
+    def search(self, query: Query) -> SearchResult:
+        """Match a hierarchical query (PS3.4 §C.2.2.2); see :mod:`drimbox.index._query`."""
+        plan = plan_query(query)
+        statement = build_search(plan)
+        with self._guard(), self._read() as connection:
+            rows = connection.execute(statement).mappings().all()
+        matches = [dicom_json(dict(row)) for row in rows[: plan.limit]]
+        return SearchResult(matches=matches, truncated=len(rows) > plan.limit)
+
+    def remove_instance(self, sop_instance_uid: str) -> InstanceLocation | None:
+        """Remove an instance; empty series, studies and patients go too."""
+        row = self._write(
+            lambda connection: remove_instance_in(connection, sop_instance_uid, LOCATION_COLUMNS)
+        )
+        return None if row is None else location_of(row)
+
+    def statistics(self) -> IndexStatistics:
+        """Return entity counts and the total stored bytes."""
+        count = sa.func.count
+        statement = sa.select(
+            sa.select(count()).select_from(patients).scalar_subquery(),
+            sa.select(count()).select_from(studies).scalar_subquery(),
+            sa.select(count()).select_from(series).scalar_subquery(),
+            sa.select(count()).select_from(instances).scalar_subquery(),
+            sa.select(sa.func.coalesce(sa.func.sum(instances.c.blob_size), 0)).scalar_subquery(),
+        )
+        with self._guard(), self._read() as connection:
+            row = connection.execute(statement).one()
+        return IndexStatistics(*(int(value) for value in row))
+
+    def blob_keys(self) -> Iterator[str]:
+        """Yield the blob key of every indexed instance (in batches, by insertion order)."""
+        last = 0
+        while True:
+            statement = (
+                sa.select(instances.c.id, instances.c.blob_key)
+                .where(instances.c.id > last)
+                .order_by(instances.c.id)
+                .limit(METADATA_BATCH * 4)
+            )
+            with self._guard(), self._read() as connection:
+                rows = connection.execute(statement).all()
+            if not rows:
+                return
+            yield from (row.blob_key for row in rows)
+            last = rows[-1].id
+
+    def unstable_studies(self, quiet_since: datetime) -> list[str]:
+        """Return unstable studies whose last instance arrived before ``quiet_since``."""
+        statement = (
+            sa.select(studies.c.StudyInstanceUID, studies.c.revision)
+            .where(studies.c.stable.is_(False))
+            .where(studies.c.last_received_at < microseconds(quiet_since))
+            .order_by(studies.c.last_received_at, studies.c.StudyInstanceUID)
+        )
+        with self._guard(), self._read() as connection:
+            rows = connection.execute(statement).all()
+        with self._seen_lock:
+            self._seen_revisions.update((row.StudyInstanceUID, row.revision) for row in rows)
+        return [row.StudyInstanceUID for row in rows]
+
+    def mark_stable(self, study_instance_uid: str) -> bool:
+        """Mark a study stable unless it received an instance since ``unstable_studies``."""
+        with self._seen_lock:
+            revision = self._seen_revisions.pop(study_instance_uid, None)
+        statement = (
+            sa.update(studies)
+            .where(studies.c.StudyInstanceUID == study_instance_uid)
+            .values(stable=True)
+        )
+        if revision is not None:
+            statement = statement.where(studies.c.revision == revision)
+        changed = self._write(lambda connection: connection.execute(statement).rowcount)
+        return bool(changed == 1)
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self._reader.dispose()
+        if self._writer is not self._reader:
+            self._writer.dispose()
+
+
+class _RetryError(Exception):
+    """A write transaction must be retried."""
