@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -53,9 +53,7 @@ class DicomwebError(DrimboxError):
         self.parameter = parameter
 
 
-def error_response(
-    status: HTTPStatus, message: str, parameter: str | None = None
-) -> JSONResponse:
+def error_response(status: HTTPStatus, message: str, parameter: str | None = None) -> JSONResponse:
     """Return the JSON error body every DICOMweb 4xx/5xx carries."""
     body: dict[str, object] = {"status": int(status), "error": message}
     if parameter is not None:

@@ -172,7 +172,9 @@ def parse_accept(header: str | None) -> list[MediaRange]:
                 try:
                     quality = float(value)
                 except ValueError:
-                    raise InvalidQueryError(f"Accept: q={value!r} is not a number", "Accept") from None
+                    raise InvalidQueryError(
+                        f"Accept: q={value!r} is not a number", "Accept"
+                    ) from None
                 if not 0.0 <= quality <= 1.0:
                     raise InvalidQueryError(f"Accept: q={value} is outside 0..1", "Accept")
             elif equals:
@@ -325,9 +327,12 @@ def choose_frame_media_type(
             part_type = media_range.parameters.get("type", "*/*").lower()
         syntax = media_range.parameters.get("transfer-syntax")
         probe = MediaRange(part_type)
-        if probe.matches(stored_type) and syntax in (None, ANY_TRANSFER_SYNTAX, stored):
-            if stored_type != APPLICATION_OCTET_STREAM or stored == ExplicitVRLittleEndian:
-                return stored_type, stored
+        if (
+            probe.matches(stored_type)
+            and syntax in (None, ANY_TRANSFER_SYNTAX, stored)
+            and (stored_type != APPLICATION_OCTET_STREAM or stored == ExplicitVRLittleEndian)
+        ):
+            return stored_type, stored
         if "*" in part_type:
             continue
         target = syntax if syntax not in (None, ANY_TRANSFER_SYNTAX) else None
@@ -335,9 +340,11 @@ def choose_frame_media_type(
         if target is not None:
             candidates.append((part_type, target))
     for part_type, target in candidates:
-        if _frame_media_type(target) == part_type or part_type.startswith("image/x-"):
-            if target == stored or can_transcode(stored, target):
-                return part_type, target
+        producible = target == stored or can_transcode(stored, target)
+        if producible and (
+            _frame_media_type(target) == part_type or part_type.startswith("image/x-")
+        ):
+            return part_type, target
     raise NotAcceptableError(
         f"frames are stored as {stored_type} ({stored}); no acceptable media type can be produced"
     )

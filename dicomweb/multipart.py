@@ -36,7 +36,9 @@ def new_boundary() -> str:
     return uuid.uuid4().hex
 
 
-def multipart_content_type(boundary: str, part_type: str, transfer_syntax: str | None = None) -> str:
+def multipart_content_type(
+    boundary: str, part_type: str, transfer_syntax: str | None = None
+) -> str:
     """Return the ``Content-Type`` of a ``multipart/related`` response (PS3.18 §8.6.1.2)."""
     value = f'multipart/related; type="{part_type}"; boundary={boundary}'
     if transfer_syntax is not None:

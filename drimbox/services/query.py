@@ -43,6 +43,10 @@ class QueryService:
         limit = self.max_results if query.limit is None else min(query.limit, self.max_results)
         return self._index.search(replace(query, limit=limit))
 
+    def with_max_results(self, max_results: int) -> QueryService:
+        """Return a service over the same index with a lower ceiling (never a higher one)."""
+        return QueryService(self._index, max_results=min(max_results, self.max_results))
+
     def is_capped(self, query: Query, result: SearchResult) -> bool:
         """Whether ``result`` was cut by the ceiling rather than by the caller's own ``limit``."""
         return result.truncated and (query.limit is None or query.limit > self.max_results)

@@ -52,7 +52,9 @@ class RetrieveService:
         """
         locations = self._index.locate(study_instance_uid, series_instance_uid, sop_instance_uid)
         if not locations:
-            raise NotFoundError(_describe(study_instance_uid, series_instance_uid, sop_instance_uid))
+            raise NotFoundError(
+                _describe(study_instance_uid, series_instance_uid, sop_instance_uid)
+            )
         return locations
 
     def stream(self, location: InstanceLocation, chunk_size: int = _CHUNK_SIZE) -> Iterator[bytes]:
@@ -90,7 +92,9 @@ class RetrieveService:
             )
         )
         if not documents:
-            raise NotFoundError(_describe(study_instance_uid, series_instance_uid, sop_instance_uid))
+            raise NotFoundError(
+                _describe(study_instance_uid, series_instance_uid, sop_instance_uid)
+            )
         return documents
 
     def record(
@@ -124,6 +128,9 @@ def _describe(study: str, series: str | None, instance: str | None) -> str:
 
 class _BlobReader(io.RawIOBase):
     """Random access over a stored object through ``BlobStore.read_range``."""
+
+    name = None
+    """No file name: readers such as pydicom must not try to re-open the object by name."""
 
     def __init__(self, blobs: BlobStore, key: str, size: int) -> None:
         self._blobs = blobs
