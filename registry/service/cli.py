@@ -1,0 +1,87 @@
+"""Standalone start of the registry (called by ``drimbox registry serve``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from registry.service.app import create_registry_app
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "DEFAULT_HTTP_PORT",
+    "REGISTRY_PATH",
+    "create_standalone_app",
+    "main",
+    "serve_registry",
+]
+
+#: Default port of a standalone registry (``drimbox registry serve --http-port``).
+DEFAULT_HTTP_PORT = 8090
+#: Default store: a SQLite file in the working directory.
+DEFAULT_DATABASE_URL = "sqlite:///drimbox-registry.db"
+#: Where the FHIR base lives under the HTTP root, standalone and embedded alike.
+REGISTRY_PATH = "/registry"
+
+
+def create_standalone_app(
+    database_url: str, *, production: bool = False, audit_path: Path | None = None
+) -> FastAPI:
+    """Return an HTTP root app with the registry mounted at :data:`REGISTRY_PATH`."""
+    registry = create_registry_app(database_url, production=production, audit_path=audit_path)
+    root = FastAPI(openapi_url=None, lifespan=registry.router.lifespan_context)
+    root.mount(REGISTRY_PATH, registry)
+    root.state.registry_store = registry.state.registry_store
+    return root
+
+
+def serve_registry(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_HTTP_PORT,
+    database_url: str = DEFAULT_DATABASE_URL,
+    *,
+    production: bool = False,
+    audit_path: Path | None = None,
+) -> None:
+    """Serve the registry until interrupted, its FHIR base at ``http://<host>:<port>/registry``.
+
+    Parameters
+    ----------
+    host, port
+        Where to listen (loopback by default).
+    database_url
+        SQLAlchemy URL of the store.
+    production
+        Production rules (test INS OIDs refused; replace/delete restricted to the publisher).
+    audit_path
+        JSON-lines audit trail; ``None`` logs audit records only.
+    """
+    root = create_standalone_app(database_url, production=production, audit_path=audit_path)
+    dialect = root.state.registry_store.dialect
+    print(f"drimbox registry: FHIR base http://{host}:{port}{REGISTRY_PATH} ({dialect} store)")
+    uvicorn.run(root, host=host, port=port, log_level="info")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m registry.service.cli [--host H] [--http-port P] [--database URL]``."""
+    parser = argparse.ArgumentParser(description="Serve the drimbox national registry (IHE MHD).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+    parser.add_argument("--database", default=DEFAULT_DATABASE_URL, help="SQLAlchemy URL")
+    parser.add_argument("--production", action="store_true", help="refuse test INS OIDs")
+    parser.add_argument("--audit", type=Path, default=None, help="JSON-lines audit trail")
+    args = parser.parse_args(argv)
+    serve_registry(
+        args.host,
+        args.http_port,
+        args.database,
+        production=args.production,
+        audit_path=args.audit,
+    )
+
+
+if __name__ == "__main__":
+    main()
