@@ -8,9 +8,17 @@ import socket
 import time
 
 import pytest
+from minio.error import S3Error, ServerError
+from urllib3 import HTTPResponse
+from urllib3.exceptions import ProtocolError
 
-from drimbox.errors import ConfigurationError, StorageUnavailableError
-from drimbox.storage.s3 import DEFAULT_PART_SIZE, MIN_PART_SIZE, S3BlobStore
+from drimbox.errors import (
+    BlobNotFoundError,
+    ConfigurationError,
+    StorageFullError,
+    StorageUnavailableError,
+)
+from drimbox.storage.s3 import DEFAULT_PART_SIZE, MIN_PART_SIZE, S3BlobStore, _translated
 from tests.fixtures.seaweedfs import SeaweedFS
 
 UNREACHABLE_DEADLINE_SECONDS = 5.0
@@ -103,3 +111,33 @@ def test_wrong_credentials_are_unavailable_not_missing(
 ) -> None:
     with pytest.raises(StorageUnavailableError, match="S3 error"):
         S3BlobStore(seaweedfs.endpoint, "nobody", "wrong-secret", s3_bucket, secure=False)
+
+
+def s3_error(code: str, status: int) -> S3Error:
+    """An error exactly as the SDK raises it for an S3 error response."""
+    return S3Error(HTTPResponse(status=status), code, f"{code} message", "/b/k", "req", "host")
+
+
+@pytest.mark.parametrize(
+    ("raised", "lookup", "expected"),
+    [
+        (s3_error("NoSuchKey", 404), True, BlobNotFoundError),
+        (s3_error("NoSuchKey", 404), False, StorageUnavailableError),
+        (s3_error("NoSuchBucket", 404), True, StorageUnavailableError),
+        (s3_error("EntityTooLarge", 400), False, StorageFullError),
+        (s3_error("QuotaExceeded", 403), False, StorageFullError),
+        (s3_error("XMinioStorageFull", 507), False, StorageFullError),
+        (s3_error("AccessDenied", 403), True, StorageUnavailableError),
+        (ServerError("insufficient storage", 507), False, StorageFullError),
+        (ServerError("bad gateway", 502), False, StorageUnavailableError),
+        (ProtocolError("connection aborted"), False, StorageUnavailableError),
+        (ConnectionResetError(), False, StorageUnavailableError),
+    ],
+    ids=repr,
+)
+def test_sdk_errors_become_the_box_storage_errors(
+    raised: Exception, lookup: bool, expected: type[Exception]
+) -> None:
+    with pytest.raises(expected) as translated, _translated("put", lookup=lookup):
+        raise raised
+    assert translated.value.__cause__ is raised
