@@ -281,7 +281,7 @@ def _frame_item(dataset: Dataset, sequence: str, frame: int) -> Dataset | None:
     ):
         items = dataset.get(groups)
         if items is not None and index < len(items) and sequence in items[index]:
-            found = items[index][sequence]
+            found = items[index][sequence].value
             if len(found) > 0:
                 item: Dataset = found[0]
                 return item
