@@ -18,6 +18,7 @@ import io
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import BinaryIO, cast
 
 import certifi
@@ -37,7 +38,14 @@ from drimbox.errors import (
 from drimbox.model import StoredBlob
 from drimbox.storage.keys import is_valid_key, new_key, validate_key
 
-__all__ = ["DEFAULT_PART_SIZE", "MAX_COPY_SIZE", "MIN_PART_SIZE", "SHA256_METADATA", "S3BlobStore"]
+__all__ = [
+    "DEFAULT_PART_SIZE",
+    "DEFAULT_STALE_AFTER_SECONDS",
+    "MAX_COPY_SIZE",
+    "MIN_PART_SIZE",
+    "SHA256_METADATA",
+    "S3BlobStore",
+]
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 """Smallest multipart part S3 accepts (every part but the last), per the S3 API reference."""
@@ -55,6 +63,9 @@ SHA256_METADATA = "sha256"
 """User metadata name (``x-amz-meta-sha256``) holding the object's lower-case hex SHA-256."""
 
 CONTENT_TYPE = "application/octet-stream"
+
+DEFAULT_STALE_AFTER_SECONDS = 3600.0
+"""A multipart upload started this long ago belongs to no running put."""
 
 CONNECT_TIMEOUT_SECONDS = 2.0
 READ_TIMEOUT_SECONDS = 30.0
@@ -400,6 +411,41 @@ class S3BlobStore:
                 name = item.object_name
                 if name is not None and is_valid_key(name):
                     yield name
+
+    def cleanup_temporary(self, stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS) -> int:
+        """Abort multipart uploads left by interrupted puts; return how many were aborted.
+
+        The counterpart of :meth:`FilesystemBlobStore.cleanup_temporary`: the parts of an
+        incomplete upload are invisible but take space until aborted.
+
+        Parameters
+        ----------
+        stale_after_seconds
+            Only uploads started at least this long ago are aborted, so puts in progress are
+            spared. Pass ``0`` when no put can be running.
+        """
+        cutoff = datetime.now(UTC) - timedelta(seconds=stale_after_seconds)
+        aborted = 0
+        key_marker: str | None = None
+        with _translated("cleanup_temporary"):
+            while True:
+                # ListMultipartUploads / AbortMultipartUpload have no public wrapper in the SDK.
+                page = self._client._list_multipart_uploads(self._bucket, key_marker=key_marker)
+                for upload in page.uploads:
+                    started = upload.initiated_time
+                    if (
+                        is_valid_key(upload.object_name)
+                        and upload.upload_id is not None
+                        and started is not None
+                        and started <= cutoff
+                    ):
+                        self._client._abort_multipart_upload(
+                            self._bucket, upload.object_name, upload.upload_id
+                        )
+                        aborted += 1
+                if not page.is_truncated or not page.next_key_marker:
+                    return aborted
+                key_marker = page.next_key_marker
 
     def close(self) -> None:
         """Close the pooled connections."""

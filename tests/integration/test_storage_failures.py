@@ -178,4 +178,8 @@ def test_s3_server_dying_mid_multipart_put_leaves_no_key_visible(
     assert list(store.keys()) == [before.key]
     with pytest.raises(BlobNotFoundError):
         store.size("0" * 32)
+    assert store.cleanup_temporary(stale_after_seconds=3600) == 0  # too recent: may be running
+    assert store.cleanup_temporary(stale_after_seconds=0) == 1  # the interrupted upload's parts
+    assert store.cleanup_temporary(stale_after_seconds=0) == 0
+    assert list(store.keys()) == [before.key]
     store.close()
