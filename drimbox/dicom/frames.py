@@ -81,7 +81,7 @@ class FrameSource:
         Deflated Explicit VR Little Endian, whose bytes are compressed as a whole.
     rows, columns, samples_per_pixel, bits_allocated, number_of_frames
         Image Pixel module values (PS3.3 §C.7.6.3); Number of Frames is 1 when absent.
-    bits_stored, pixel_representation, photometric_interpretation
+    bits_stored, pixel_representation, photometric_interpretation, planar_configuration
         Needed only to decode (:func:`frame_pixels`); Bits Stored defaults to Bits Allocated.
     extended_offsets, extended_lengths
         Extended Offset Table (7FE0,0001) and its lengths (7FE0,0002), when the file has them.
@@ -102,6 +102,7 @@ class FrameSource:
     bits_stored: int | None = None
     pixel_representation: int = 0
     photometric_interpretation: str = "MONOCHROME2"
+    planar_configuration: int = 0
     extended_offsets: tuple[int, ...] | None = None
     extended_lengths: tuple[int, ...] | None = None
     lossy: bool | None = None
@@ -156,6 +157,7 @@ def locate_frames(part10: BinaryIO) -> FrameSource:
         bits_stored=int(dataset.get("BitsStored", dataset.BitsAllocated)),
         pixel_representation=int(dataset.get("PixelRepresentation", 0)),
         photometric_interpretation=str(dataset.get("PhotometricInterpretation", "MONOCHROME2")),
+        planar_configuration=int(dataset.get("PlanarConfiguration", 0) or 0),
         extended_offsets=offsets,
         extended_lengths=lengths,
         lossy=dataset.get("LossyImageCompression") == "01" or None,
@@ -334,7 +336,7 @@ def frame_pixels(frame: bytes, location: FrameSource) -> npt.NDArray[Any]:
         "pixel_representation": location.pixel_representation,
         "photometric_interpretation": location.photometric_interpretation,
         "number_of_frames": 1,
-        "planar_configuration": 0,
+        "planar_configuration": location.planar_configuration,
         "pixel_keyword": "PixelData",
     }
     # Native frames from frame_bytes are little endian whatever the stored syntax.

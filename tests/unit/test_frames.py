@@ -220,3 +220,16 @@ def test_deflated_instance_frames_are_not_addressable() -> None:
     data = transcode_part10(io.BytesIO(part10(make_grayscale())), DeflatedExplicitVRLittleEndian)
     with pytest.raises(NotAcceptableError, match="deflated"):
         locate_frames(io.BytesIO(data))
+
+
+def test_planar_rgb_native_frame_decodes_colour_by_plane() -> None:
+    original = make_rgb(frames=2)
+    pixels = original.pixel_array
+    original.PlanarConfiguration = 1
+    original.PixelData = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)).tobytes()
+    reader, location = _located(part10(original))
+    frame = next(frame_bytes(reader, location, [2]))
+    np.testing.assert_array_equal(frame_pixels(frame, location), pixels[1])
+    encoded = transcode_frame(frame, location, JPEGLSLossless)
+    as_jpeg_ls = replace(location, transfer_syntax_uid=JPEGLSLossless, planar_configuration=0)
+    np.testing.assert_array_equal(frame_pixels(encoded, as_jpeg_ls), pixels[1])
