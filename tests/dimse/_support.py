@@ -89,7 +89,7 @@ def open_association(
     """Associate with the box as a pynetdicom SCU proposing every storage context."""
     ae = AE(ae_title=calling)
     for context in AllStoragePresentationContexts[:120]:
-        ae.add_requested_context(context.abstract_syntax, list(STORAGE_TRANSFER_SYNTAXES[:3]))
+        ae.add_requested_context(str(context.abstract_syntax), list(STORAGE_TRANSFER_SYNTAXES[:3]))
     ae.add_requested_context("1.2.840.10008.1.1")
     return ae.associate("127.0.0.1", port, ae_title=called)
 
