@@ -66,9 +66,7 @@ from pydicom.uid import (
 from drimbox.dicom._jpeg_lossless import encode_jpeg_lossless_sv1
 from drimbox.dicom.rendered import (
     DEFAULT_JPEG_QUALITY,
-    apply_modality_lut,
-    dataset_window,
-    window_to_8_bit,
+    grayscale_to_8_bit,
 )
 from drimbox.errors import NotAcceptableError, UnreadableInstanceError
 
@@ -81,7 +79,6 @@ __all__ = [
     "is_lossy_instance",
     "transcode_part10",
     "transfer_syntax_info",
-    "voi_to_8_bit",
 ]
 
 NATIVE_TRANSFER_SYNTAXES: Final = frozenset(
@@ -339,7 +336,8 @@ def _reduce_to_8_bit(dataset: Dataset, frames: npt.NDArray[Any]) -> npt.NDArray[
     elif bits_stored <= 8 and not signed:
         reduced = frames.astype(np.uint8)
     else:
-        reduced = voi_to_8_bit(frames, dataset)
+        # One VOI for all frames: the data set's window, else the instance's min/max.
+        reduced = grayscale_to_8_bit(frames, dataset)
         for keyword in ("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence"):
             dataset.pop(keyword, None)
         dataset.pop("ModalityLUTSequence", None)
@@ -352,21 +350,6 @@ def _reduce_to_8_bit(dataset: Dataset, frames: npt.NDArray[Any]) -> npt.NDArray[
     dataset.HighBit = dataset.BitsStored - 1
     dataset.PixelRepresentation = 0
     return reduced
-
-
-def voi_to_8_bit(pixels: npt.NDArray[Any], dataset: Dataset) -> npt.NDArray[np.uint8]:
-    """Apply the Modality LUT and the data set's first VOI (else min/max) to reach 0..255.
-
-    Polarity is kept (no MONOCHROME1 inversion): the result is a stored-value replacement.
-    """
-    values = apply_modality_lut(pixels, dataset)
-    window = dataset_window(dataset) or _min_max_window(values)
-    return window_to_8_bit(values, window)
-
-
-def _min_max_window(values: npt.NDArray[Any]) -> tuple[float, float, str]:
-    low, high = float(values.min()), float(values.max())
-    return ((low + high) / 2, max(high - low, 1.0), "LINEAR_EXACT")
 
 
 def encode_frame(
@@ -383,7 +366,7 @@ def encode_frame(
     ----------
     pixels
         ``(rows, columns)`` or ``(rows, columns, samples)``, colour-by-pixel. For JPEG baseline it
-        must already be 8-bit unsigned (see :func:`voi_to_8_bit`).
+        must already be 8-bit unsigned (see :func:`drimbox.dicom.rendered.grayscale_to_8_bit`).
     target_ts
         Transfer syntax UID of the result; native syntaxes give the raw little-endian (or, for
         Explicit VR Big Endian, big-endian) sample bytes.
