@@ -42,6 +42,7 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 DEFAULT_FRAME_TIMEOUT = 120.0
 _RECEIVE_SIZE = 65536
 _LISTEN_BACKLOG = 64
+_DRAIN_SECONDS = 1.0
 _log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes], bytes]
@@ -169,6 +170,20 @@ class MllpServer:
         _log.info("hl7.mllp.listening", extra={"host": self._address[0], "port": port})
         return port
 
+    @property
+    def port(self) -> int:
+        """The bound port (after :meth:`start`).
+
+        Raises
+        ------
+        RuntimeError
+            When the server is not started.
+        """
+        if self._listener is None:
+            raise RuntimeError("the MLLP server is not started")
+        port: int = self._listener.getsockname()[1]
+        return port
+
     def stop(self) -> None:
         """Stop accepting, close every connection and wait for the threads."""
         self._stopping.set()
@@ -238,9 +253,13 @@ class MllpServer:
                     except _FrameTooLargeError as exc:
                         _log.warning("hl7.mllp.too_large", extra={"limit": self._max_size})
                         connection.sendall(frame(self._too_large(exc.head)))
+                        _drain_and_close(connection, self._max_size)
                         return
                     for message in frames:
                         connection.sendall(frame(self._handle(message)))
+                    if reader.discarded > self._max_size:  # a stream of non-HL7 bytes
+                        _log.warning("hl7.mllp.garbage", extra={"discarded": reader.discarded})
+                        return
         except OSError as exc:
             _log.info("hl7.mllp.connection_error", extra={"error": type(exc).__name__})
         finally:
@@ -267,6 +286,19 @@ class MllpServer:
             error_code=ErrorCode.APPLICATION_INTERNAL_ERROR,
             reason=f"message exceeds the {self._max_size}-byte limit; connection closed",
         )
+
+
+def _drain_and_close(connection: socket.socket, limit: int) -> None:
+    """Half-close, then read what the peer still sends (bounded) so it sees the ACK, not a reset."""
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        received = 0
+        while received <= limit and time.monotonic() < deadline:
+            data = connection.recv(_RECEIVE_SIZE)
+            if not data:
+                break
+            received += len(data)
 
 
 def send_message(host: str, port: int, message: bytes, timeout: float = 30.0) -> bytes:

@@ -49,7 +49,9 @@ def test_ans_report_header_parses_to_its_values(name: str) -> None:
 
     assert document.document_id == InstanceIdentifier(f"1.2.250.1.213.4.5.4.{doc_id}")
     assert document.set_id == InstanceIdentifier("D52DE737-001D-4031-B571-0A0ED7C42300")
-    expected_studies = tuple(f"1.2.250.1.213.4.5.2.1.{s}" for s in studies) or ("1.2.3.4.5.6.7.8.9",)
+    expected_studies = tuple(f"1.2.250.1.213.4.5.2.1.{s}" for s in studies) or (
+        "1.2.3.4.5.6.7.8.9",
+    )
     assert document.study_instance_uids == expected_studies
     assert document.accession_numbers[0] == accession
     assert document.orders[0].accession == InstanceIdentifier(accession_root, accession)

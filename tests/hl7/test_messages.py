@@ -242,7 +242,9 @@ def test_ack_accepts_and_swaps_sender_and_receiver() -> None:
     [b"", b"not hl7 at all", b"\x00\xff\xfe", b"MSH", b"PID|||x", b"MSH|^~\\&|A|B|C|D|x||ORU^R01|"],
 )
 def test_malformed_input_is_rejected_with_a_well_formed_ack(garbage: bytes) -> None:
-    with pytest.raises((MalformedMessageError, UnsupportedMessageError, InvalidReportError)) as caught:
+    with pytest.raises(
+        (MalformedMessageError, UnsupportedMessageError, InvalidReportError)
+    ) as caught:
         parse_report_message(garbage)
     ack = acknowledge(garbage, caught.value)
     parsed = parse_er7(ack.decode())
