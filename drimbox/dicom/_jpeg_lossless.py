@@ -30,8 +30,10 @@ _FIRST_ORDER_PREDICTOR = 1
 _MAX_CODE_LENGTH = 16
 _CATEGORY_COUNT = 17
 """Difference categories SSSS 0..16 (T.81 Table H.2)."""
-_CHUNK_SAMPLES = 1 << 16
-"""Samples bit-packed per step, to bound the temporary arrays (32 bytes per sample)."""
+_CATEGORY_OF_MAGNITUDE = np.concatenate(
+    ([0], np.floor(np.log2(np.arange(1, (1 << 15) + 1))).astype(np.int64) + 1)
+)
+"""SSSS of each |difference| 0..32768: its bit length."""
 
 
 def encode_jpeg_lossless_sv1(pixels: npt.NDArray[np.integer], precision: int) -> bytes:
@@ -65,9 +67,7 @@ def encode_jpeg_lossless_sv1(pixels: npt.NDArray[np.integer], precision: int) ->
     difference = ((values - predicted) & 0xFFFF).ravel()
     difference = np.where(difference >= 0x8000, difference - 0x10000, difference)
     magnitude = np.abs(difference)
-    category = np.zeros(magnitude.shape, dtype=np.int64)
-    nonzero = magnitude > 0
-    category[nonzero] = np.floor(np.log2(magnitude[nonzero])).astype(np.int64) + 1
+    category = _CATEGORY_OF_MAGNITUDE[magnitude]
     # Extra bits: the low SSSS bits of diff, or of diff - 1 when negative (T.81 §F.1.2.1.1);
     # SSSS = 16 (diff = 32768) has none.
     extra = np.where(difference < 0, difference - 1, difference) & ((1 << category) - 1)
@@ -85,9 +85,7 @@ def encode_jpeg_lossless_sv1(pixels: npt.NDArray[np.integer], precision: int) ->
     scan_header = struct.pack(">HB", 6 + 2 * samples, samples)
     scan_header += b"".join(struct.pack(">BB", c + 1, 0x00) for c in range(samples))
     scan_header += struct.pack(">BBB", _FIRST_ORDER_PREDICTOR, 0, 0)
-    return b"".join(
-        (_SOI, _SOF3, frame_header, _DHT, table, _SOS, scan_header, scan, _EOI)
-    )
+    return b"".join((_SOI, _SOF3, frame_header, _DHT, table, _SOS, scan_header, scan, _EOI))
 
 
 def _optimal_table(histogram: npt.NDArray[np.int64]) -> tuple[list[int], list[int]]:
@@ -149,18 +147,28 @@ def _pack(
     extra: npt.NDArray[np.int64],
     extra_length: npt.NDArray[np.int64],
 ) -> bytes:
-    """Bit-pack code words and extra bits, pad with one-bits, stuff 0x00 after 0xFF (§F.1.2.3)."""
-    words = ((code << extra_length) | extra).astype(np.uint32)
+    """Bit-pack code words and extra bits, pad with one-bits, stuff 0x00 after 0xFF (§F.1.2.3).
+
+    Each sample's bits (at most 32) land in at most two consecutive 32-bit words; since no two
+    samples share a bit, summing their shifted parts per word (``bincount``, exact in float64
+    below 2**53) is the same as OR-ing them.
+    """
+    words = (code << extra_length) | extra
     lengths = code_length + extra_length
-    shifts = np.arange(31, -1, -1, dtype=np.uint32)
-    chunks = []
-    for start in range(0, words.size, _CHUNK_SAMPLES):
-        word = words[start : start + _CHUNK_SAMPLES, np.newaxis]
-        length = lengths[start : start + _CHUNK_SAMPLES, np.newaxis]
-        chunks.append(((word >> shifts) & 1).astype(np.uint8)[shifts < length])
-    stream = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8)
-    padding = (-stream.size) % 8
-    stream = np.concatenate((stream, np.ones(padding, dtype=np.uint8)))
-    packed = np.packbits(stream)
+    total = int(lengths.sum())
+    padding = (-total) % 8
+    words = np.append(words, (1 << padding) - 1)  # one-bits up to the byte boundary
+    lengths = np.append(lengths, padding)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    index = starts >> 5
+    placed = words.astype(np.uint64) << (64 - (starts & 31) - lengths).astype(np.uint64)
+    size = int(index[-1]) + 2
+    high = np.bincount(index, weights=(placed >> np.uint64(32)).astype(np.float64), minlength=size)
+    low = np.bincount(
+        index + 1, weights=(placed & np.uint64(0xFFFFFFFF)).astype(np.float64), minlength=size
+    )
+    packed = np.frombuffer((high + low).astype(">u4").tobytes(), dtype=np.uint8)
+    packed = packed[: (total + padding) // 8]
     stuffed = np.insert(packed, np.flatnonzero(packed == 0xFF) + 1, 0)
     return stuffed.tobytes()
