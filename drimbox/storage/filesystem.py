@@ -41,6 +41,9 @@ TEMPORARY_SUFFIX = ".tmp"
 DEFAULT_STALE_AFTER_SECONDS = 3600.0
 """A temporary file untouched for this long belongs to no running put."""
 
+MAX_READ_SIZE = 8 * 1024 * 1024
+"""Largest single read of a stream: bounds its memory whatever ``chunk_size`` asks for."""
+
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
@@ -91,7 +94,7 @@ class _FileChunks(Iterator[bytes]):
 
     def __init__(self, fd: int, chunk_size: int) -> None:
         self._fd: int | None = fd
-        self._chunk_size = chunk_size
+        self._chunk_size = min(chunk_size, MAX_READ_SIZE)
         self._offset = 0
 
     def __next__(self) -> bytes:
@@ -230,7 +233,8 @@ class FilesystemBlobStore:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             try:
                 parts: list[bytes] = []
-                remaining = length
+                # Clamp first: os.pread allocates its whole buffer, whatever the file holds.
+                remaining = max(0, min(length, os.fstat(fd).st_size - offset))
                 while remaining:
                     part = os.pread(fd, remaining, offset)
                     if not part:

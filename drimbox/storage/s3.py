@@ -67,6 +67,9 @@ CONTENT_TYPE = "application/octet-stream"
 DEFAULT_STALE_AFTER_SECONDS = 3600.0
 """A multipart upload started this long ago belongs to no running put."""
 
+MAX_READ_SIZE = 8 * 1024 * 1024
+"""Largest single read of a stream: bounds its memory whatever ``chunk_size`` asks for."""
+
 CONNECT_TIMEOUT_SECONDS = 2.0
 READ_TIMEOUT_SECONDS = 30.0
 RETRIES = 2
@@ -160,7 +163,7 @@ class _ResponseChunks(Iterator[bytes]):
 
     def __init__(self, response: urllib3.BaseHTTPResponse, chunk_size: int) -> None:
         self._response: urllib3.BaseHTTPResponse | None = response
-        self._chunk_size = chunk_size
+        self._chunk_size = min(chunk_size, MAX_READ_SIZE)
 
     def __next__(self) -> bytes:
         if self._response is None:

@@ -130,6 +130,7 @@ def test_read_range_returns_exact_bytes_and_fewer_at_the_end(blob_store: BlobSto
     assert blob_store.read_range(key, 500, 0) == b""
     assert blob_store.read_range(key, 1000, 10) == b""
     assert blob_store.read_range(key, 5000, 10) == b""
+    assert blob_store.read_range(key, 10, 1 << 40) == data[10:]
 
 
 def test_read_range_of_an_empty_object_is_empty(blob_store: BlobStore) -> None:
@@ -249,3 +250,9 @@ def test_filesystem_never_touches_a_file_outside_its_root(tmp_path: Path) -> Non
         with pytest.raises(BlobNotFoundError):
             store.read_range(key, 0, 5)
     assert victim.read_bytes() == b"do not delete"
+
+
+def test_a_huge_chunk_size_is_served_in_bounded_chunks(blob_store: BlobStore) -> None:
+    data = pattern(OVER_ONE_PART)
+    key = blob_store.put(chunked(data)).key
+    assert b"".join(blob_store.stream(key, chunk_size=1 << 40)) == data
