@@ -10,41 +10,43 @@ from drimbox.identity import INS_NIR_TEST_OID
 from tests.hl7.ans import CDA, cda_path
 
 REPORTS = sorted(p.stem for p in CDA.rglob("CR_*.xml"))
-ACN_ROOT_SITE = "1.2.250.1.213.4.5.2.5"
-ACN_ROOT_RIS = "1.2.250.1.925.994044785528.27"
-# (document id suffix, study suffixes, accession, accession root, modality, region, CCAM, LOINC,
-#  CDA birth place) read from each file
+SITE = "1.2.250.1.213.4.5.2.5"  # accession roots found in the samples
+RIS = "1.2.250.1.925.994044785528.27"
+MAJ = "1.2.250.1.925.994044.27"
+# (modality, anatomic region, CCAM, LOINC) of each kind of exam
+CT = ("CT", "774007", "ACQH004", "24727-0")
+MR = ("RM", "61685007", "NZQN001", "24802-1")
+NM = ("NM", "774007", "KCQL003", "25007-6")
+XA = ("XA", "113257007", "DDQH006", "37174-0")
+# (document id suffix, study suffixes, accession, accession root, codes, CDA birth place),
+# read from each file; CR_G2 names the dummy study 1.2.3.4.5.6.7.8.9
 EXPECTED = {
-    "CR_A": ("401", ("101",), "ACN101", ACN_ROOT_SITE, "CT", "774007", "ACQH004", "24727-0", "63220"),
-    "CR_B": ("402", ("102",), "ACN102", ACN_ROOT_SITE, "RM", "61685007", "NZQN001", "24802-1", "63220"),
-    "CR_C": ("403", ("103",), "ACN103", ACN_ROOT_RIS, "CT", "774007", "ACQH004", "24727-0", "51215"),
-    "CR_D": ("404", ("104",), "ACN104", ACN_ROOT_SITE, "RM", "61685007", "NZQN001", "24802-1", "63220"),
-    "CR_E": ("405", ("105",), "ACN105", ACN_ROOT_SITE, "NM", "774007", "KCQL003", "25007-6", "63220"),
-    "CR_F": ("406", ("106", "107"), "ACN106", ACN_ROOT_RIS, "RM", "61685007", "NZQN001", "24802-1",
-             "51215"),
-    "CR_G1": ("407", ("108",), "ACN108", ACN_ROOT_SITE, "XA", "113257007", "DDQH006", "37174-0",
-              "63220"),
-    "CR_G1_MAJ": ("4072", ("108",), "ACN108", "1.2.250.1.925.994044.27", "XA", "113257007",
-                  "DDQH006", "37174-0", "51215"),
-    "CR_G2": ("408", (), "ACN108", ACN_ROOT_RIS, "XA", "113257007", "DDQH006", "37174-0", "51215"),
-    "CR_H": ("409", ("109",), "ACN109", ACN_ROOT_SITE, "CT", "774007", "ACQH004", "24727-0", "63220"),
-    "CR_I": ("410", ("110",), "ACN110", ACN_ROOT_SITE, "NM", "774007", "KCQL003", "25007-6", "63220"),
-    "CR_J": ("411", ("111",), "ACN111", ACN_ROOT_SITE, "CT", "774007", "ACQH004", "24727-0", "63220"),
-    "CR_K": ("412", ("112",), "ACN112", ACN_ROOT_SITE, "CT", "774007", "ACQH004", "24727-0", "63220"),
-    "CR_L": ("413", ("113",), "ACN113", ACN_ROOT_RIS, "CT", "774007", "ACQH004", "24727-0", "51215"),
-    "CR_M": ("414", ("114",), "ACN114", ACN_ROOT_SITE, "NM", "774007", "KCQL003", "25007-6", "63220"),
-}  # fmt: skip
+    "CR_A": ("401", ("101",), "ACN101", SITE, CT, "63220"),
+    "CR_B": ("402", ("102",), "ACN102", SITE, MR, "63220"),
+    "CR_C": ("403", ("103",), "ACN103", RIS, CT, "51215"),
+    "CR_D": ("404", ("104",), "ACN104", SITE, MR, "63220"),
+    "CR_E": ("405", ("105",), "ACN105", SITE, NM, "63220"),
+    "CR_F": ("406", ("106", "107"), "ACN106", RIS, MR, "51215"),
+    "CR_G1": ("407", ("108",), "ACN108", SITE, XA, "63220"),
+    "CR_G1_MAJ": ("4072", ("108",), "ACN108", MAJ, XA, "51215"),
+    "CR_G2": ("408", (), "ACN108", RIS, XA, "51215"),
+    "CR_H": ("409", ("109",), "ACN109", SITE, CT, "63220"),
+    "CR_I": ("410", ("110",), "ACN110", SITE, NM, "63220"),
+    "CR_J": ("411", ("111",), "ACN111", SITE, CT, "63220"),
+    "CR_K": ("412", ("112",), "ACN112", SITE, CT, "63220"),
+    "CR_L": ("413", ("113",), "ACN113", RIS, CT, "51215"),
+    "CR_M": ("414", ("114",), "ACN114", SITE, NM, "63220"),
+}
 
 
 def test_every_sample_report_is_covered() -> None:
-    assert REPORTS == sorted(EXPECTED)
+    assert sorted(EXPECTED) == REPORTS
 
 
 @pytest.mark.parametrize("name", REPORTS)
 def test_ans_report_header_parses_to_its_values(name: str) -> None:
-    doc_id, studies, accession, accession_root, modality, region, ccam, loinc, birth_place = (
-        EXPECTED[name]
-    )
+    doc_id, studies, accession, accession_root, codes, birth_place = EXPECTED[name]
+    modality, region, ccam, loinc = codes
     document = parse_clinical_document(cda_path(name).read_bytes())
 
     assert document.document_id == InstanceIdentifier(f"1.2.250.1.213.4.5.4.{doc_id}")
@@ -125,7 +127,7 @@ def test_patient_traits_of_exam_m_differ_from_the_ins() -> None:
     ids=["external-entity", "external-dtd", "late-doctype"],
 )
 def test_doctype_and_entities_are_refused(xml: bytes) -> None:
-    with pytest.raises(InvalidDocumentError, match="DOCTYPE|entity"):
+    with pytest.raises(InvalidDocumentError, match=r"DOCTYPE|entity"):
         parse_clinical_document(xml)
 
 
