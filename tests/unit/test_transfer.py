@@ -211,3 +211,20 @@ def test_dcmtk_compressed_instances_decompress_to_the_original_pixels(
     assert compressed.file_meta.TransferSyntaxUID != ExplicitVRLittleEndian
     native = _transcode(part10(compressed), ExplicitVRLittleEndian)
     np.testing.assert_array_equal(native.pixel_array, original.pixel_array)
+
+
+@pytest.mark.parametrize(("bits", "signed"), [(16, False), (16, True), (8, False), (2, False)])
+def test_jpeg_lossless_sv1_holds_extreme_differences_at_every_precision(
+    bits: int, signed: bool, tmp_path: Path
+) -> None:
+    original = make_grayscale(rows=32, columns=40)
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    pixels = np.where((np.indices((32, 40)).sum(axis=0) % 3) == 0, low, high)
+    dtype = np.dtype(f"{'i' if signed else 'u'}{2 if bits > 8 else 1}")
+    allocated = dtype.itemsize * 8
+    original.BitsAllocated, original.BitsStored, original.HighBit = allocated, bits, bits - 1
+    original.PixelRepresentation = int(signed)
+    original.PixelData = pixels.astype(dtype).tobytes()
+    encoded = transcode_part10(io.BytesIO(part10(original)), JPEGLosslessSV1)
+    np.testing.assert_array_equal(dcmread(io.BytesIO(encoded)).pixel_array, pixels)
+    np.testing.assert_array_equal(dcmtk("dcmdjpeg", encoded, tmp_path).pixel_array, pixels)
