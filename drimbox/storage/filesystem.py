@@ -171,6 +171,7 @@ class FilesystemBlobStore:
         size = 0
         with _translated("put"):
             fd, temporary = self._open_temporary(key)
+        visible: Path | None = None
         try:
             for chunk in chunks:
                 with _translated("put"):
@@ -184,11 +185,14 @@ class FilesystemBlobStore:
                 final = self._path(key)
                 self._make_parents(final.parent)
                 os.rename(temporary, final)
+                visible = final
                 _fsync_directory(final.parent)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
             temporary.unlink(missing_ok=True)
+            if visible is not None:  # renamed but not durable: the caller is told it failed
+                visible.unlink(missing_ok=True)
             raise
         return StoredBlob(key=key, size=size, sha256=digest.hexdigest())
 
