@@ -243,7 +243,9 @@ def read_submission(bundle: object) -> tuple[ManifestSubmission, bytes]:
         raise BundleError("the body must be a FHIR Bundle", code="structure", expression="Bundle")
     if bundle.get("type") != "transaction":
         raise BundleError(
-            "Bundle.type must be 'transaction' (IHE ITI-65)", code="value", expression="Bundle.type"
+            "Bundle.type must be 'transaction' (IHE ITI-65)",
+            code="structure",
+            expression="Bundle.type",
         )
     by_type: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for entry in _objects(bundle, "entry", "Bundle"):

@@ -211,7 +211,7 @@ def create_registry_app(
             try:
                 found, cursor = store.search(query)
             except ValueError as error:
-                raise BundleError(str(error), code="value", expression="_cursor") from None
+                raise BundleError(str(error), code="invalid", expression="_cursor") from None
             audit.record(
                 "ITI-67",
                 "ok",

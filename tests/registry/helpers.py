@@ -32,7 +32,9 @@ def publish(http: httpx.Client, manifest: ManifestSubmission, kos: bytes, **head
     assert response.status_code == httpx.codes.OK, response.text
     validate_fhir(response.json())
     locations = [e["response"].get("location", "") for e in response.json()["entry"]]
-    return next(loc.split("/")[1] for loc in locations if loc.startswith("DocumentReference/"))
+    return next(
+        str(loc).split("/")[1] for loc in locations if str(loc).startswith("DocumentReference/")
+    )
 
 
 def search(http: httpx.Client, *params: tuple[str, str], **headers: str) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from io import BytesIO
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from registry._ins import INS_NIR_TEST_OID, ins_check_key
 from registry.models import Coding, ManifestSubmission, Party
@@ -48,8 +48,8 @@ def build_kos(
     """Return a PS3.10 Key Object Selection Document referencing ``instances`` CT images."""
     series_uid = generate_uid()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = KOS_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = kos_uid
+    meta.MediaStorageSOPClassUID = UID(KOS_SOP_CLASS)
+    meta.MediaStorageSOPInstanceUID = UID(kos_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta

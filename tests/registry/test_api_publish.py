@@ -137,7 +137,8 @@ def test_delete_marks_entered_in_error_and_keeps_history(http: httpx.Client) -> 
     validate_fhir(response.json())
     assert response.json()["status"] == "entered-in-error"
     assert http.delete(f"/DocumentReference/{entry_id}").status_code == httpx.codes.OK
-    assert search(http, ("patient.identifier", patient_param(manifest)), ("status", "current")) == []
+    patient = ("patient.identifier", patient_param(manifest))
+    assert search(http, patient, ("status", "current")) == []
     history = search(http, ("patient.identifier", patient_param(manifest)))
     assert [(r["id"], r["status"]) for r in history] == [(entry_id, "entered-in-error")]
     republished = post_bundle(http, provide_document_bundle(manifest, kos))
