@@ -49,7 +49,7 @@ def _set_subject(bundle: Bundle, system: str, value: str) -> None:
     _document(bundle)["subject"]["identifier"] = {"system": system, "value": value}
 
 
-_BROKEN: dict[str, tuple[Callable[[Bundle], None], int, str]] = {
+_BROKEN: dict[str, tuple[Callable[[Bundle], object], int, str]] = {
     "not a transaction": (lambda b: b.update(type="batch"), 400, "structure"),
     "no DocumentReference": (lambda b: b["entry"].pop(1), 400, "structure"),
     "two DocumentReferences": (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import httpx
 import pytest
@@ -19,11 +20,12 @@ _KNEE = Coding("http://snomed.info/sct", "72696002", "Knee")
 def three_exams(http: httpx.Client) -> dict[str, str]:
     """A CT head (2024-01), an MR knee (2024-03) and an NM (2024-06) of one patient."""
     ids = {}
-    for name, overrides in {
+    exams: dict[str, dict[str, Any]] = {
         "ct": {"period_start": date(2024, 1, 15)},
         "mr": {"period_start": date(2024, 3, 2), "modalities": ("MR",), "regions": (_KNEE,)},
         "nm": {"period_start": date(2024, 6, 20), "modalities": ("NM",), "regions": ()},
-    }.items():
+    }
+    for name, overrides in exams.items():
         manifest, kos = make_manifest(**overrides)
         ids[name] = publish(http, manifest, kos)
         ids[f"{name}-study"] = manifest.study_instance_uid
