@@ -33,7 +33,7 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
-from drimbox.dicom.rendered import Window, window_to_8_bit
+from drimbox.dicom.rendered import Window, dataset_window, window_to_8_bit
 from drimbox.dicom.transfer import (
     DEFAULT_JPEG_QUALITY,
     can_transcode,
@@ -87,9 +87,11 @@ class FrameSource:
         Extended Offset Table (7FE0,0001) and its lengths (7FE0,0002), when the file has them.
     lossy
         Lossy Image Compression (0028,2110) is "01"; ``None`` judges from the syntax.
-    window
-        A VOI window, in stored-value units, to reduce more than 8 bits to JPEG baseline;
-        ``None`` uses the frame's minimum/maximum.
+    window, rescale_slope, rescale_intercept
+        VOI window (Window Center/Width, in modality units as stored in the data set) and
+        Rescale Slope/Intercept (0028,1053)/(0028,1052), used to reduce more than 8 bits to
+        JPEG baseline (PS3.3 §C.11.1, §C.11.2); without a window the frame's minimum/maximum
+        span the output.
     """
 
     transfer_syntax_uid: str
@@ -107,6 +109,8 @@ class FrameSource:
     extended_lengths: tuple[int, ...] | None = None
     lossy: bool | None = None
     window: Window | None = None
+    rescale_slope: float = 1.0
+    rescale_intercept: float = 0.0
 
     @property
     def samples_per_frame(self) -> int:
@@ -161,6 +165,9 @@ def locate_frames(part10: BinaryIO) -> FrameSource:
         extended_offsets=offsets,
         extended_lengths=lengths,
         lossy=dataset.get("LossyImageCompression") == "01" or None,
+        window=dataset_window(dataset),
+        rescale_slope=float(dataset.get("RescaleSlope", 1) or 1),
+        rescale_intercept=float(dataset.get("RescaleIntercept", 0) or 0),
     )
 
 
@@ -390,5 +397,11 @@ def _to_8_bit(pixels: npt.NDArray[Any], location: FrameSource) -> npt.NDArray[np
     window = location.window
     if window is None:
         low, high = float(pixels.min()), float(pixels.max())
-        window = ((low + high) / 2, max(high - low, 1.0), "LINEAR_EXACT")
-    return window_to_8_bit(pixels, window)
+        return window_to_8_bit(pixels, ((low + high) / 2, max(high - low, 1.0), "LINEAR_EXACT"))
+    slope, intercept = location.rescale_slope, location.rescale_intercept
+    if pixels.dtype.kind in "iu":
+        # Modality LUT then VOI over the stored value range, applied as one lookup table.
+        low, high = int(pixels.min()), int(pixels.max())
+        domain = np.arange(low, high + 1, dtype=np.float64) * slope + intercept
+        return window_to_8_bit(domain, window)[pixels.astype(np.intp) - low]
+    return window_to_8_bit(pixels.astype(np.float64) * slope + intercept, window)

@@ -233,3 +233,15 @@ def test_planar_rgb_native_frame_decodes_colour_by_plane() -> None:
     encoded = transcode_frame(frame, location, JPEGLSLossless)
     as_jpeg_ls = replace(location, transfer_syntax_uid=JPEGLSLossless, planar_configuration=0)
     np.testing.assert_array_equal(frame_pixels(encoded, as_jpeg_ls), pixels[1])
+
+
+def test_jpeg_baseline_frame_applies_rescale_and_window_in_modality_units() -> None:
+    original = make_grayscale(frames=FRAMES)
+    frame, location = _frame_of(original, ExplicitVRLittleEndian, 2)
+    assert location.window == (1024.0, 2048.0, "LINEAR")
+    assert (location.rescale_slope, location.rescale_intercept) == (1.0, -1024.0)
+    narrow = replace(location, window=(0.0, 1000.0, "LINEAR"))
+    decoded = np.asarray(Image.open(io.BytesIO(transcode_frame(frame, narrow, JPEGBaseline8Bit))))
+    hounsfield = original.pixel_array[1].astype(float) - 1024
+    expected = np.clip(((hounsfield + 0.5) / 999 + 0.5) * 255, 0, 255)
+    assert np.abs(decoded.astype(float) - expected).mean() < 3
