@@ -25,16 +25,16 @@ def base_url(request: Request) -> str:
     """Return the DICOMweb base URL of this request (e.g. ``http://host:8080/dicom-web``).
 
     The router is mounted under a prefix chosen by the composition root; it is recovered from the
-    matched route's path, whose DICOMweb part always starts at one of the resource roots.
+    request path, whose DICOMweb part always starts at one of the resource roots (UIDs and the
+    other path parameters cannot hold a ``/``, so the first root found is the right one).
     """
-    route = request.scope.get("route")
-    path = getattr(route, "path", request.url.path)
+    path = request.url.path
     cut = len(path)
     for root in _RESOURCE_ROOTS:
         index = path.find(root)
         if index >= 0:
             cut = min(cut, index)
-    return str(request.base_url).rstrip("/") + path[:cut]
+    return f"{request.url.scheme}://{request.url.netloc}{path[:cut]}"
 
 
 def accept_ranges(request: Request) -> list[MediaRange]:

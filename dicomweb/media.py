@@ -258,7 +258,9 @@ def choose_transfer_syntax(
     if accepted.admits(stored):
         return stored
     for syntax, _quality in accepted.preferred:
-        if syntax == ANY_TRANSFER_SYNTAX or syntax in accepted.refused:
+        if syntax == ANY_TRANSFER_SYNTAX:
+            syntax = ExplicitVRLittleEndian  # "any" but the stored one: the default syntax
+        if syntax in accepted.refused:
             continue
         if syntax == stored or can_transcode(stored, syntax):
             return syntax

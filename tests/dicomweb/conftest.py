@@ -23,6 +23,14 @@ from fastapi import FastAPI
 from pydicom.dataset import Dataset
 
 from dicomweb import create_dicomweb_router
+from dicomweb.multipart import (
+    MultipartParser,
+    PartData,
+    PartEnd,
+    PartStart,
+    parse_content_type,
+    write_multipart,
+)
 from drimbox.audit import MemoryAuditLog
 from drimbox.dicom.synthetic import SyntheticStudy, make_study
 from drimbox.index.sqlite import SqliteIndex
@@ -31,7 +39,13 @@ from drimbox.services.query import QueryService
 from drimbox.services.retrieve import RetrieveService
 from drimbox.storage.filesystem import FilesystemBlobStore
 
-__all__ = ["DicomwebBox", "part10_bytes"]
+__all__ = [
+    "DicomwebBox",
+    "multipart_body",
+    "multipart_parts",
+    "part10_bytes",
+    "stow_headers",
+]
 
 PREFIX = "/dicom-web"
 MAX_RESULTS = 50
@@ -143,6 +157,16 @@ def dicomweb_box(tmp_path: Path) -> Iterator[DicomwebBox]:
     box.blobs.close()
 
 
+@pytest.fixture(scope="module")
+def module_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DicomwebBox]:
+    """Like ``dicomweb_box``, shared by a module's read-only tests (load once, query often)."""
+    box = build_app(tmp_path_factory.mktemp("dicomweb"))
+    with served(box):
+        yield box
+    box.index.close()
+    box.blobs.close()
+
+
 def wait_http(url: str) -> None:
     """Wait until ``url`` answers (any status)."""
     deadline = time.monotonic() + 10
@@ -153,3 +177,36 @@ def wait_http(url: str) -> None:
         except httpx.HTTPError:
             time.sleep(0.05)
     raise RuntimeError(f"{url} does not answer")
+
+
+def multipart_parts(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
+    """Split a ``multipart/related`` response into ``(part headers, body)`` pairs."""
+    media_type, parameters = parse_content_type(response.headers["content-type"])
+    assert media_type == "multipart/related", response.headers["content-type"]
+    parser = MultipartParser(parameters["boundary"])
+    parts: list[tuple[dict[str, str], bytes]] = []
+    headers: dict[str, str] = {}
+    data = bytearray()
+    for event in parser.feed(response.content):
+        if isinstance(event, PartStart):
+            headers, data = dict(event.headers), bytearray()
+        elif isinstance(event, PartData):
+            data += event.data
+        elif isinstance(event, PartEnd):
+            parts.append((headers, bytes(data)))
+    parser.close()
+    return parts
+
+
+def multipart_body(payloads: list[bytes], boundary: str = "stow-boundary") -> bytes:
+    """Encode ``payloads`` as a STOW-RS request body."""
+    parts = [({"Content-Type": "application/dicom"}, [payload]) for payload in payloads]
+    return b"".join(write_multipart(parts, boundary))
+
+
+def stow_headers(boundary: str = "stow-boundary") -> dict[str, str]:
+    """Request headers of a STOW-RS request built by :func:`multipart_body`."""
+    return {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
