@@ -17,9 +17,7 @@ from typing import BinaryIO
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_dataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
@@ -108,6 +106,9 @@ class DataSetHeader:
 def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
     """Return the preamble, prefix and File Meta Information of a Part 10 file (PS3.10 §7.1).
 
+    Encoded directly (explicit VR little endian, PS3.10 §7.1): this runs once per received
+    instance, and building it through pydicom costs more than the rest of the header work.
+
     Parameters
     ----------
     sop_class_uid, sop_instance_uid
@@ -118,18 +119,40 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_
     Returns
     -------
     bytes
-        128-byte preamble, ``DICM`` and the group 0002 elements, explicit VR little endian.
+        128-byte preamble, ``DICM`` and the group 0002 elements.
     """
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
-    meta.ImplementationClassUID = UID(DRIMBOX_IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = DRIMBOX_IMPLEMENTATION_VERSION_NAME
-    buffer = DicomBytesIO()
-    buffer.write(b"\x00" * PREAMBLE_LENGTH + DICM_PREFIX)
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return buffer.getvalue()
+    elements = b"".join(
+        (
+            _meta_element(0x0001, b"OB", _FILE_META_INFORMATION_VERSION),
+            _meta_element(0x0002, b"UI", _uid_value(sop_class_uid)),
+            _meta_element(0x0003, b"UI", _uid_value(sop_instance_uid)),
+            _meta_element(0x0010, b"UI", _uid_value(transfer_syntax_uid)),
+            _meta_element(0x0012, b"UI", _uid_value(DRIMBOX_IMPLEMENTATION_CLASS_UID)),
+            _meta_element(0x0013, b"SH", _text_value(DRIMBOX_IMPLEMENTATION_VERSION_NAME)),
+        )
+    )
+    group_length = _meta_element(0x0000, b"UL", struct.pack("<I", len(elements)))
+    return _PREAMBLE_AND_PREFIX + group_length + elements
+
+
+_PREAMBLE_AND_PREFIX = b"\x00" * PREAMBLE_LENGTH + DICM_PREFIX
+_FILE_META_INFORMATION_VERSION = b"\x00\x01"  # (0002,0001), PS3.10 §7.1
+
+
+def _uid_value(uid: str) -> bytes:
+    value = uid.encode("ascii")
+    return value + b"\x00" if len(value) % 2 else value  # UI pads with NUL (PS3.5 §6.2)
+
+
+def _text_value(text: str) -> bytes:
+    value = text.encode("ascii")
+    return value + b" " if len(value) % 2 else value
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr in _LONG_VRS:
+        return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
 
 
 def read_file_meta(stream: BinaryIO) -> tuple[FileMetaDataset, int]:
