@@ -7,7 +7,7 @@ returned as DICOM JSON data sets whose tags and VRs come from pydicom's data dic
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -15,7 +15,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from drimbox.model import DicomJson
 
-__all__ = ["VALUE_SEPARATOR", "dicom_json", "tag_hex", "vr_of"]
+__all__ = ["VALUE_SEPARATOR", "DicomJsonWriter", "dicom_json", "tag_hex", "vr_of"]
 
 VALUE_SEPARATOR = "\\"
 """Separator of the values of a multi-valued attribute (PS3.5 §6.4)."""
@@ -26,6 +26,8 @@ _COMPONENT_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 _INTEGER_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
 _DECIMAL_VRS = frozenset({"DS", "FD", "FL"})
 _INTEGER_TEXT = re.compile(r"[+-]?\d+")
+_PN_SPECIALS = frozenset(VALUE_SEPARATOR + "=")
+_CONVERTED_VRS = _INTEGER_VRS | _DECIMAL_VRS | {"PN"}
 
 
 @cache
@@ -74,6 +76,43 @@ def _values(text: str, vr: str) -> list[Any]:
     return values
 
 
+class DicomJsonWriter:
+    """Builds DICOM JSON data sets for a fixed list of keywords (tags and VRs looked up once).
+
+    Listings build tens of thousands of elements: the common case (one plain string value) is
+    handled inline, conversions only where the VR or a multi-value needs them.
+
+    Parameters
+    ----------
+    keywords
+        The keywords of every row, in row order.
+    """
+
+    def __init__(self, keywords: Sequence[str]) -> None:
+        order = sorted(range(len(keywords)), key=lambda i: tag_hex(keywords[i]))
+        self._fields = tuple(
+            (i, tag_hex(keywords[i]), vr_of(keywords[i]), vr_of(keywords[i]) in _CONVERTED_VRS)
+            for i in order
+        )
+
+    def __call__(self, row: Sequence[str | int | None]) -> DicomJson:
+        """Return the data set of one row of values (keys sorted by tag, PS3.18 §F.2)."""
+        data: DicomJson = {}
+        for i, tag, vr, converted in self._fields:
+            value = row[i]
+            if value is None or value == "":
+                data[tag] = {"vr": vr}
+            elif isinstance(value, int):
+                data[tag] = {"vr": vr, "Value": [value]}
+            elif vr == "PN" and not _PN_SPECIALS.intersection(value):
+                data[tag] = {"vr": vr, "Value": [{"Alphabetic": value}]}
+            elif converted or VALUE_SEPARATOR in value:
+                data[tag] = {"vr": vr, "Value": _values(value, vr)}
+            else:
+                data[tag] = {"vr": vr, "Value": [value]}
+        return data
+
+
 def dicom_json(values: Mapping[str, str | int | None]) -> DicomJson:
     """Build a DICOM JSON data set from values by keyword.
 
@@ -88,14 +127,5 @@ def dicom_json(values: Mapping[str, str | int | None]) -> DicomJson:
     DicomJson
         Keys sorted by tag, as PS3.18 §F.2 recommends.
     """
-    data: DicomJson = {}
-    for keyword in sorted(values, key=tag_hex):
-        value = values[keyword]
-        vr = vr_of(keyword)
-        element: dict[str, Any] = {"vr": vr}
-        if isinstance(value, int):
-            element["Value"] = [value]
-        elif value:
-            element["Value"] = _values(value, vr)
-        data[tag_hex(keyword)] = element
-    return data
+    keywords = list(values)
+    return DicomJsonWriter(keywords)([values[k] for k in keywords])

@@ -6,10 +6,11 @@ series, instance), so that concurrent writers on PostgreSQL never deadlock one a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import cache
 from typing import Any, TypeAlias
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from drimbox.index._dicomjson import VALUE_SEPARATOR
 from drimbox.index._records import list_with
@@ -23,6 +24,9 @@ _IDENTITY_COLUMNS = frozenset(
     {"PatientID", "IssuerOfPatientID", "StudyInstanceUID", "SeriesInstanceUID"}
 )
 
+_PARENT_KEYS = frozenset({"patient_pk", "study_pk", "last_received_at"})
+_UPSERT_RETURNING = {"studies": ("patient_pk",), "series": ("study_pk", "Modality")}
+
 _Values = dict[Level, dict[str, Any]]
 
 AnyRow: TypeAlias = "sa.Row[*tuple[Any, ...]]"
@@ -33,34 +37,98 @@ class DuplicateInstanceError(Exception):
     """The SOP Instance UID is already indexed: the transaction is rolled back."""
 
 
-def _fill_empty(table: sa.Table, statement: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """``SET`` clause keeping existing values and filling the empty ones (first value wins)."""
-    return {
+@cache
+def _upsert_statement(
+    dialect: str, table: sa.Table, keys: tuple[str, ...], columns: tuple[str, ...]
+) -> Any:
+    """``INSERT ... ON CONFLICT DO UPDATE`` keeping existing values, filling empty ones.
+
+    Built once per table and column set, then executed with parameters (statement
+    construction dominates the cost of an add otherwise).
+    """
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(table)
+    fill = {
         name: sa.func.coalesce(table.c[name], statement.excluded[name])
-        for name in values
-        if name not in _IDENTITY_COLUMNS
+        for name in columns
+        if name not in _IDENTITY_COLUMNS and name not in _PARENT_KEYS
     }
+    returning = [table.c.id, table.c.number_of_instances]
+    returning.extend(table.c[name] for name in _UPSERT_RETURNING.get(table.name, ()))
+    return statement.on_conflict_do_update(index_elements=list(keys), set_=fill).returning(
+        *returning
+    )
+
+
+@cache
+def _insert_instance_statement(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(instances)
+        .on_conflict_do_nothing(index_elements=["SOPInstanceUID"])
+        .returning(instances.c.id)
+    )
+
+
+_LOCK_STUDY = (
+    sa.select(
+        studies.c.patient_pk,
+        studies.c.number_of_instances,
+        studies.c.modalities_in_study,
+        studies.c.sop_classes_in_study,
+    )
+    .where(studies.c.id == sa.bindparam("study_pk"))
+    .with_for_update()
+)
+_COUNT_IN_SERIES = (
+    sa.update(series)
+    .where(series.c.id == sa.bindparam("series_pk"))
+    .values(number_of_instances=series.c.number_of_instances + 1)
+)
+
+
+@cache
+def _count_in_study(dialect: str) -> sa.Update:
+    received_at = sa.bindparam("received_at", type_=sa.BigInteger)
+    if dialect == "postgresql":
+        latest = sa.func.greatest(studies.c.last_received_at, received_at)
+    else:
+        latest = sa.func.max(studies.c.last_received_at, received_at)
+    return (
+        sa.update(studies)
+        .where(studies.c.id == sa.bindparam("study_pk"))
+        .values(
+            number_of_instances=studies.c.number_of_instances + 1,
+            number_of_series=studies.c.number_of_series + sa.bindparam("new_series"),
+            modalities_in_study=sa.bindparam("modalities"),
+            sop_classes_in_study=sa.bindparam("sop_classes"),
+            last_received_at=latest,
+            stable=False,
+            revision=studies.c.revision + 1,
+        )
+    )
+
+
+_COUNT_FOR_PATIENT = (
+    sa.update(patients)
+    .where(patients.c.id == sa.bindparam("patient_pk"))
+    .values(
+        number_of_instances=patients.c.number_of_instances + 1,
+        number_of_series=patients.c.number_of_series + sa.bindparam("new_series"),
+        number_of_studies=patients.c.number_of_studies + sa.bindparam("new_study"),
+    )
+)
 
 
 def _upsert(
-    connection: sa.Connection,
-    insert: Callable[[sa.Table], Any],
-    table: sa.Table,
-    keys: list[str],
-    values: dict[str, Any],
-    returning: tuple[sa.ColumnElement[Any], ...],
+    connection: sa.Connection, table: sa.Table, keys: tuple[str, ...], values: dict[str, Any]
 ) -> AnyRow:
-    statement = insert(table).values(**values)
-    statement = statement.on_conflict_do_update(
-        index_elements=keys, set_=_fill_empty(table, statement, values)
-    ).returning(*returning)
-    row: AnyRow = connection.execute(statement).one()
+    statement = _upsert_statement(connection.dialect.name, table, keys, tuple(values))
+    row: AnyRow = connection.execute(statement, values).one()
     return row
 
 
-def add_instance_in(
-    connection: sa.Connection, insert: Callable[[sa.Table], Any], values: _Values
-) -> AddOutcome:
+def add_instance_in(connection: sa.Connection, values: _Values) -> AddOutcome:
     """Add one instance (values per level, as stored) in the caller's transaction.
 
     Raises
@@ -68,81 +136,44 @@ def add_instance_in(
     DuplicateInstanceError
         The SOP Instance UID is already indexed (the caller rolls back).
     """
+    dialect = connection.dialect.name
     image = values[Level.IMAGE]
     received_at = image["received_at"]
     patient = _upsert(
-        connection,
-        insert,
-        patients,
-        ["PatientID", "IssuerOfPatientID"],
-        values[Level.PATIENT],
-        (patients.c.id, patients.c.number_of_instances),
+        connection, patients, ("PatientID", "IssuerOfPatientID"), values[Level.PATIENT]
     )
     study = _upsert(
         connection,
-        insert,
         studies,
-        ["StudyInstanceUID"],
+        ("StudyInstanceUID",),
         {**values[Level.STUDY], "patient_pk": patient.id, "last_received_at": received_at},
-        (studies.c.id, studies.c.patient_pk, studies.c.number_of_instances),
     )
     series_row = _upsert(
-        connection,
-        insert,
-        series,
-        ["SeriesInstanceUID"],
-        {**values[Level.SERIES], "study_pk": study.id},
-        (series.c.id, series.c.study_pk, series.c.number_of_instances, series.c.Modality),
+        connection, series, ("SeriesInstanceUID",), {**values[Level.SERIES], "study_pk": study.id}
     )
     study_pk = series_row.study_pk
-    study_now = connection.execute(
-        sa.select(
-            studies.c.patient_pk,
-            studies.c.number_of_instances,
-            studies.c.modalities_in_study,
-            studies.c.sop_classes_in_study,
-        )
-        .where(studies.c.id == study_pk)
-        .with_for_update()
-    ).one()
+    study_now = connection.execute(_LOCK_STUDY, {"study_pk": study_pk}).one()
     inserted = connection.execute(
-        insert(instances)
-        .values(**image, series_pk=series_row.id)
-        .on_conflict_do_nothing(index_elements=["SOPInstanceUID"])
-        .returning(instances.c.id)
+        _insert_instance_statement(dialect), {**image, "series_pk": series_row.id}
     ).first()
     if inserted is None:
         raise DuplicateInstanceError(image["SOPInstanceUID"])
     new_series = int(series_row.number_of_instances == 0)
     new_study = int(study_now.number_of_instances == 0)
+    connection.execute(_COUNT_IN_SERIES, {"series_pk": series_row.id})
     connection.execute(
-        sa.update(series)
-        .where(series.c.id == series_row.id)
-        .values(number_of_instances=series.c.number_of_instances + 1)
+        _count_in_study(dialect),
+        {
+            "study_pk": study_pk,
+            "new_series": new_series,
+            "modalities": list_with(study_now.modalities_in_study, series_row.Modality),
+            "sop_classes": list_with(study_now.sop_classes_in_study, image["SOPClassUID"]),
+            "received_at": received_at,
+        },
     )
     connection.execute(
-        sa.update(studies)
-        .where(studies.c.id == study_pk)
-        .values(
-            number_of_instances=studies.c.number_of_instances + 1,
-            number_of_series=studies.c.number_of_series + new_series,
-            modalities_in_study=list_with(study_now.modalities_in_study, series_row.Modality),
-            sop_classes_in_study=list_with(study_now.sop_classes_in_study, image["SOPClassUID"]),
-            last_received_at=sa.func.greatest(studies.c.last_received_at, received_at)
-            if connection.dialect.name == "postgresql"
-            else sa.func.max(studies.c.last_received_at, received_at),
-            stable=False,
-            revision=studies.c.revision + 1,
-        )
-    )
-    connection.execute(
-        sa.update(patients)
-        .where(patients.c.id == study_now.patient_pk)
-        .values(
-            number_of_instances=patients.c.number_of_instances + 1,
-            number_of_series=patients.c.number_of_series + new_series,
-            number_of_studies=patients.c.number_of_studies + new_study,
-        )
+        _COUNT_FOR_PATIENT,
+        {"patient_pk": study_now.patient_pk, "new_series": new_series, "new_study": new_study},
     )
     # Parents created for this instance but superseded by the existing hierarchy.
     if study.id != study_pk and study.number_of_instances == 0:

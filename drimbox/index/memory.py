@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from drimbox.index._dicomjson import VALUE_SEPARATOR, dicom_json
+from drimbox.index._dicomjson import VALUE_SEPARATOR, DicomJsonWriter
 from drimbox.index._query import LEVELS, Plan, levels_from, plan_query, term_matches
 from drimbox.index._records import (
     integer_order,
@@ -287,10 +287,8 @@ class MemoryIndex:
         with self._lock:
             found = [n for n in self._entities(plan.level) if self._matches(plan, n)]
             page = found[plan.offset : plan.offset + plan.limit]
-            matches = [
-                dicom_json({k: row.get(k) for k in plan.returned})
-                for row in (self._row(n) for n in page)
-            ]
+            writer = DicomJsonWriter(plan.returned)
+            matches = [writer([row.get(k) for k in plan.returned]) for row in map(self._row, page)]
             return SearchResult(matches=matches, truncated=len(found) > plan.offset + plan.limit)
 
     def remove_instance(self, sop_instance_uid: str) -> InstanceLocation | None:

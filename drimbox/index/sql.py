@@ -23,10 +23,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from drimbox.errors import DrimboxError, IndexUnavailableError
-from drimbox.index._dicomjson import dicom_json
+from drimbox.index._dicomjson import DicomJsonWriter
 from drimbox.index._migrate import upgrade_to_head
 from drimbox.index._query import plan_query
 from drimbox.index._records import (
@@ -166,11 +165,6 @@ class SqlIndex:
     def _read(self) -> AbstractContextManager[sa.Connection]:
         return self._reader.connect()
 
-    def _insert(self, table: sa.Table) -> Any:
-        if self._writer.dialect.name == "postgresql":
-            return postgresql.insert(table)
-        return sqlite.insert(table)
-
     def add_instance(self, record: InstanceRecord) -> AddOutcome:
         """Index a new instance atomically; ``DUPLICATE`` if its SOP Instance UID is held."""
         with self._guard(), self._read() as connection:
@@ -201,7 +195,7 @@ class SqlIndex:
             values[Level.SERIES]["SeriesNumber"]
         )
         try:
-            return self._write(lambda connection: add_instance_in(connection, self._insert, values))
+            return self._write(lambda connection: add_instance_in(connection, values))
         except DuplicateInstanceError:
             return AddOutcome.DUPLICATE
 
@@ -287,8 +281,9 @@ class SqlIndex:
         plan = plan_query(query)
         statement = build_search(plan)
         with self._guard(), self._read() as connection:
-            rows = connection.execute(statement).mappings().all()
-        matches = [dicom_json(dict(row)) for row in rows[: plan.limit]]
+            rows = connection.execute(statement).all()
+        writer = DicomJsonWriter(plan.returned)
+        matches = [writer(row) for row in rows[: plan.limit]]
         return SearchResult(matches=matches, truncated=len(rows) > plan.limit)
 
     def remove_instance(self, sop_instance_uid: str) -> InstanceLocation | None:
