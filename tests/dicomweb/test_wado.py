@@ -18,8 +18,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from drimbox.dicom.synthetic import SyntheticStudy, make_instance
 from drimbox.dicom.rendered import grayscale_to_8_bit
+from drimbox.dicom.synthetic import SyntheticStudy, make_instance
 from drimbox.dicom.transfer import transcode_part10
 from tests.dicomweb.conftest import DicomwebBox, multipart_parts, part10_bytes
 
@@ -184,7 +184,7 @@ def test_metadata_is_dicom_json_with_bulk_data_uris_on_this_server(
     assert uri.startswith(f"{box.url}/studies/{CT.study_instance_uid}/series/")
     bulk = box.http.get(uri.removeprefix(box.url), headers={"Accept": "*/*"})
     assert bulk.status_code == 200, bulk.text
-    [(headers, pixel_data)] = multipart_parts(bulk)
+    [(_headers, pixel_data)] = multipart_parts(bulk)
     uid = first["00080018"]["Value"][0]
     assert pixel_data == dcmread(io.BytesIO(stored[uid])).PixelData
     series = box.http.get(
@@ -198,7 +198,7 @@ def test_metadata_is_dicom_json_with_bulk_data_uris_on_this_server(
 def test_frames_are_read_by_range_in_the_order_asked(
     loaded: tuple[DicomwebBox, dict[str, bytes]],
 ) -> None:
-    box, stored = loaded
+    box, _stored = loaded
     dataset = multiframe()
     size = MULTI.rows * MULTI.columns * 2
     response = box.http.get(f"{instance_path(MULTI, 0, 0)}/frames/3,1")
