@@ -25,7 +25,10 @@ from pathlib import Path
 from drimbox.hl7.errors import HL7Error
 from drimbox.hl7.messages import ReportMessage, acknowledge, parse_report_message
 
-__all__ = ["HL7Inbox", "make_report_handler"]
+__all__ = [
+    "HL7Inbox",
+    "make_report_handler",
+]
 
 _ID = re.compile(r"[0-9]{20}-[0-9a-f]{16}")
 _SUFFIX = ".hl7"

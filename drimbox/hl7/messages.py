@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -43,6 +42,7 @@ from drimbox.hl7.errors import (
     InvalidReportError,
     UnsupportedMessageError,
 )
+from drimbox.hl7.flags import FLAG_CODING_SYSTEM, DmpFlag, ReportFlags
 from drimbox.identity import INS_OIDS, PatientIdentity, is_qualified
 
 __all__ = [
@@ -70,7 +70,6 @@ IPP_IDENTIFIER_TYPE = "PI"  # HL7 table 0203: patient internal identifier
 BIRTH_NAME_TYPE = "L"  # PID-5.7 (HL7 table 0200; PAM France: nom de naissance)
 BIRTH_PLACE_ADDRESS_TYPE = "BDL"  # PID-11.7 (HL7 table 0190: birth delivery location)
 ENCAPSULATED_DATA = "ED"  # OBX-2 (HL7 table 0125)
-FLAG_CODING_SYSTEM = "MetaDMPMSS"  # CI-SIS coding system of the DMP / MSSanté OBX flags
 YES = "Y"  # HL7 table 0136
 CANCEL_ORDER_CONTROLS = frozenset({"CA", "OC", "DC"})  # HL7 table 0119
 CANCEL_RESULT_STATUSES = frozenset({"D", "W"})  # HL7 table 0085 (OBX-11)
@@ -87,52 +86,6 @@ class ReportAction(StrEnum):
     PUBLISH = "publish"
     REPLACE = "replace"
     CANCEL = "cancel"
-
-
-class DmpFlag(StrEnum):
-    """OBX flags of the CI-SIS "CDA in HL7v2" profile (coding system ``MetaDMPMSS``)."""
-
-    MASKED_TO_PROFESSIONALS = "MASQUE_PS"
-    HIDDEN_FROM_PATIENT = "INVISIBLE_PATIENT"
-    HIDDEN_FROM_LEGAL_REPRESENTATIVES = "INVISIBLE_REP_LEGAUX"
-    SECRET_CONNECTION = "CONNEXION_SECRETE"  # noqa: S105 (a flag name, not a password)
-    CONFIDENTIALITY_CHANGED = "MODIF_CONF_CODE"
-    TO_DMP = "DESTDMP"
-    TO_MSSANTE_PROFESSIONALS = "DESTMSSANTEPS"
-    TO_MSSANTE_PATIENT = "DESTMSSANTEPAT"
-    RECEIPT_ACKNOWLEDGMENT = "ACK_RECEPTION"
-    READ_ACKNOWLEDGMENT = "ACK_LECTURE_MSS"
-
-
-@dataclass(frozen=True, slots=True)
-class ReportFlags:
-    """The ``MetaDMPMSS`` flags of a message, by name (``True`` for ``Y``)."""
-
-    values: Mapping[str, bool] = field(default_factory=dict)
-
-    def get(self, flag: DmpFlag | str, default: bool = False) -> bool:
-        """Return a flag's value, ``default`` when the sender did not send it."""
-        return self.values.get(str(flag), default)
-
-    @property
-    def to_dmp(self) -> bool:
-        """``DESTDMP``: the document goes to the patient's DMP (absent: no)."""
-        return self.get(DmpFlag.TO_DMP)
-
-    @property
-    def hidden_from_patient(self) -> bool:
-        """``INVISIBLE_PATIENT``: not visible to the patient until an announcement."""
-        return self.get(DmpFlag.HIDDEN_FROM_PATIENT)
-
-    @property
-    def hidden_from_legal_representatives(self) -> bool:
-        """``INVISIBLE_REP_LEGAUX``: not visible to the patient's legal representatives."""
-        return self.get(DmpFlag.HIDDEN_FROM_LEGAL_REPRESENTATIVES)
-
-    @property
-    def masked_to_professionals(self) -> bool:
-        """``MASQUE_PS``: masked to health professionals."""
-        return self.get(DmpFlag.MASKED_TO_PROFESSIONALS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -329,3 +329,12 @@ def test_mr_and_ct_image_classes_are_image_items() -> None:
     )
     ds = pydicom.dcmread(io.BytesIO(build_manifest(request(series=series))))
     assert [item.ValueType for item in ds.ContentSequence] == ["TEXT", "IMAGE", "IMAGE"]
+
+
+def test_dciodvfy_check_fails_on_a_broken_kos(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(io.BytesIO(build_manifest(request())))
+    del ds.CurrentRequestedProcedureEvidenceSequence  # Type 1 in the Key Object Document module
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    with pytest.raises(AssertionError, match="Error"):
+        dciodvfy(buffer.getvalue(), tmp_path)
