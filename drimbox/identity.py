@@ -26,8 +26,10 @@ from enum import StrEnum
 from types import MappingProxyType
 
 __all__ = [
+    "INS_NIA_NAMESPACE",
     "INS_NIA_OID",
     "INS_NIR_DEMO_OID",
+    "INS_NIR_NAMESPACE",
     "INS_NIR_OID",
     "INS_NIR_TEST_OID",
     "INS_OIDS",
@@ -35,6 +37,7 @@ __all__ = [
     "InsKind",
     "PatientIdentity",
     "StudyFacts",
+    "identity_from_dicom",
     "identity_mismatches",
     "ins_check_key",
     "ins_kind",
@@ -55,6 +58,11 @@ INS_NIR_TEST_OID = "1.2.250.1.213.1.4.10"
 """OID of the test INS-NIR (Référentiel INS; used by every ANS DRIM-M sample)."""
 INS_NIR_DEMO_OID = "1.2.250.1.213.1.4.11"
 """OID of the demonstration INS-NIR (Référentiel INS)."""
+INS_NIR_NAMESPACE = "ASIP-SANTE-INS-NIR"
+"""Assigning authority namespace of the INS-NIR (PID-3.4.1 in the ANS samples; IssuerOfPatientID
+of the ANS KOS sample ``informatif/KIN/Manifest_KOS``)."""
+INS_NIA_NAMESPACE = "ASIP-SANTE-INS-NIA"
+"""Assigning authority namespace of the INS-NIA."""
 
 
 class InsKind(StrEnum):
@@ -324,7 +332,11 @@ def _normalised(text: str | None) -> str:
 
 
 def identity_mismatches(
-    first: PatientIdentity, second: PatientIdentity, *, labels: tuple[str, str] = ("a", "b")
+    first: PatientIdentity,
+    second: PatientIdentity,
+    *,
+    labels: tuple[str, str] = ("a", "b"),
+    compare_birth_place: bool = True,
 ) -> list[str]:
     """Compare two identities trait by trait; a trait absent on either side is not compared.
 
@@ -334,6 +346,8 @@ def identity_mismatches(
         The identities (e.g. HL7 PID and CDA recordTarget, or report and images).
     labels
         How to name each side in the reasons.
+    compare_birth_place
+        Whether the birth place code (an INS trait) is compared.
 
     Returns
     -------
@@ -346,8 +360,9 @@ def identity_mismatches(
         ("INS OID", first.ins_oid, second.ins_oid),
         ("birth date", first.birth_date, second.birth_date),
         ("sex", (first.sex or "").upper() or None, (second.sex or "").upper() or None),
-        ("birth place code", first.birth_place_code, second.birth_place_code),
     ]
+    if compare_birth_place:
+        pairs.append(("birth place code", first.birth_place_code, second.birth_place_code))
     if first.ipp_authority == second.ipp_authority:
         pairs.append(("IPP", first.ipp, second.ipp))
     names = [
@@ -367,7 +382,57 @@ def identity_mismatches(
     return reasons
 
 
-def study_mismatches(report: StudyFacts, images: StudyFacts) -> list[str]:
+def identity_from_dicom(
+    patient_id: str | None,
+    issuer_of_patient_id: str | None = None,
+    *,
+    issuer_oid: str | None = None,
+    patient_name: str | None = None,
+    birth_date: str | None = None,
+    sex: str | None = None,
+) -> PatientIdentity:
+    """Build the identity that stored images carry (Patient module, PS3.3 §C.7.1.1).
+
+    Parameters
+    ----------
+    patient_id, issuer_of_patient_id
+        PatientID and IssuerOfPatientID.
+    issuer_oid
+        UniversalEntityID of IssuerOfPatientIDQualifiersSequence, when present.
+    patient_name
+        PatientName as ``FAMILY^GIVEN^...``.
+    birth_date, sex
+        PatientBirthDate and PatientSex.
+
+    Returns
+    -------
+    PatientIdentity
+        The PatientID is read as an INS when its issuer (OID or INS namespace) is an INS
+        authority, otherwise as an IPP of that issuer. ``qualified`` is never set.
+    """
+    oid = issuer_oid or (issuer_of_patient_id if ins_kind(issuer_of_patient_id) else None)
+    namespace = (issuer_of_patient_id or "").strip().upper()
+    is_ins = ins_kind(oid) is not None or namespace in {INS_NIR_NAMESPACE, INS_NIA_NAMESPACE}
+    if is_ins and oid is None:
+        oid = INS_NIA_OID if namespace == INS_NIA_NAMESPACE else None
+    family, _, rest = (patient_name or "").partition("^")
+    given = rest.split("^", 1)[0]
+    return PatientIdentity(
+        ins=(patient_id or None) if is_ins else None,
+        ins_oid=oid if is_ins else None,
+        ipp=None if is_ins else (patient_id or None),
+        ipp_authority=None if is_ins else (issuer_oid or issuer_of_patient_id or None),
+        birth_name=family or None,
+        first_given_name=given or None,
+        given_names=tuple(given.split()) if given else (),
+        birth_date=birth_date or None,
+        sex=sex or None,
+    )
+
+
+def study_mismatches(
+    report: StudyFacts, images: StudyFacts, *, compare_birth_place: bool = True
+) -> list[str]:
     """Return why the images held do not belong to the report (empty when coherent).
 
     Parameters
@@ -391,5 +456,10 @@ def study_mismatches(report: StudyFacts, images: StudyFacts) -> list[str]:
     image_accessions = {a for a in images.accession_numbers if a}
     if report_accessions and image_accessions and not report_accessions & image_accessions:
         reasons.append("AccessionNumber of the report does not match the images")
-    reasons += identity_mismatches(report.patient, images.patient, labels=("report", "images"))
+    reasons += identity_mismatches(
+        report.patient,
+        images.patient,
+        labels=("report", "images"),
+        compare_birth_place=compare_birth_place,
+    )
     return reasons

@@ -274,12 +274,8 @@ def _patient(pid: Segment, reliability: tuple[str, ...]) -> PatientIdentity:
         authority = component_of(rep, d, 4, 2)
         if not value:
             continue
-        if (
-            ins is None
-            and (kind == INS_IDENTIFIER_TYPE or authority in INS_OIDS)
-            and authority in INS_OIDS
-        ):
-            ins, ins_oid = value, authority
+        if ins is None and (kind == INS_IDENTIFIER_TYPE or authority in INS_OIDS):
+            ins, ins_oid = value, authority or None  # a foreign OID is reported by ins_problems
         elif ipp is None and kind == IPP_IDENTIFIER_TYPE:
             ipp, ipp_authority = value, authority or component_of(rep, d, 4, 1) or None
     if not (ins or ipp):

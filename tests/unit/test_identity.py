@@ -11,11 +11,13 @@ from drimbox.hl7.messages import parse_report_message
 from drimbox.identity import (
     INS_NIA_OID,
     INS_NIR_DEMO_OID,
+    INS_NIR_NAMESPACE,
     INS_NIR_OID,
     INS_NIR_TEST_OID,
     InsKind,
     PatientIdentity,
     StudyFacts,
+    identity_from_dicom,
     identity_mismatches,
     ins_check_key,
     ins_kind,
@@ -230,3 +232,25 @@ def test_accession_and_patient_mismatches_are_reported() -> None:
         "INS differs between report and images",
     ]
     assert study_mismatches(StudyFacts(), images) == ["the report names no StudyInstanceUID"]
+
+
+def test_images_identified_by_ins_oid_or_namespace() -> None:
+    by_oid = identity_from_dicom(
+        ANS_INS, INS_NIR_TEST_OID, patient_name="PAT-TROIS^DOMINIQUE", birth_date="19790328"
+    )
+    assert (by_oid.ins, by_oid.ins_oid, by_oid.ipp) == (ANS_INS, INS_NIR_TEST_OID, None)
+    assert (by_oid.birth_name, by_oid.first_given_name) == ("PAT-TROIS", "DOMINIQUE")
+    # the ANS KIN manifest: IssuerOfPatientID "ASIP-SANTE-INS-NIR" + qualifier OID
+    kin = identity_from_dicom(ANS_INS, INS_NIR_NAMESPACE, issuer_oid=INS_NIR_TEST_OID, sex="F")
+    assert (kin.ins, kin.ins_oid, kin.sex) == (ANS_INS, INS_NIR_TEST_OID, "F")
+    assert identity_mismatches(DOMINIQUE, kin) == []
+
+
+def test_images_identified_by_a_local_id_carry_an_ipp() -> None:
+    local = identity_from_dicom("IPP101", "1.2.250.1.213.4.5.2.4", patient_name="PAT-TROIS")
+    assert (local.ins, local.ipp, local.ipp_authority) == (None, "IPP101", "1.2.250.1.213.4.5.2.4")
+    assert identity_mismatches(DOMINIQUE, local) == []
+    other = identity_from_dicom("IPP999", "1.2.250.1.213.4.5.2.4")
+    assert identity_mismatches(DOMINIQUE, other) == ["IPP differs between a and b"]
+    empty = identity_from_dicom(None)
+    assert empty == PatientIdentity()
