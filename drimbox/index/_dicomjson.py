@@ -7,7 +7,7 @@ returned as DICOM JSON data sets whose tags and VRs come from pydicom's data dic
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -15,7 +15,15 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from drimbox.model import DicomJson
 
-__all__ = ["VALUE_SEPARATOR", "DicomJsonWriter", "dicom_json", "tag_hex", "vr_of"]
+__all__ = [
+    "RENDERED_ROWS_CAPACITY",
+    "VALUE_SEPARATOR",
+    "DicomJsonWriter",
+    "RenderedMatches",
+    "dicom_json",
+    "tag_hex",
+    "vr_of",
+]
 
 VALUE_SEPARATOR = "\\"
 """Separator of the values of a multi-valued attribute (PS3.5 §6.4)."""
@@ -26,6 +34,9 @@ _COMPONENT_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 _INTEGER_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
 _DECIMAL_VRS = frozenset({"DS", "FD", "FL"})
 _INTEGER_TEXT = re.compile(r"[+-]?\d+")
+RENDERED_ROWS_CAPACITY = 50_000
+"""Rows whose rendering :class:`RenderedMatches` keeps (about 2 KiB each)."""
+
 _PN_SPECIALS = frozenset(VALUE_SEPARATOR + "=")
 _CONVERTED_VRS = _INTEGER_VRS | _DECIMAL_VRS | {"PN"}
 
@@ -111,6 +122,45 @@ class DicomJsonWriter:
             else:
                 data[tag] = {"vr": vr, "Value": [value]}
         return data
+
+
+class RenderedMatches:
+    """Renders rows of a listing, remembering the data set of each distinct row.
+
+    A study listing is mostly the same rows query after query; a row of identical values
+    renders to an identical data set, so it is built once. Each call returns a fresh outer
+    dict (callers may add or remove attributes) whose element objects are shared: treat
+    elements as read-only. Thread-safe; the memory is bounded by ``capacity`` rows.
+
+    Parameters
+    ----------
+    capacity
+        Rows remembered before the memory is emptied.
+    """
+
+    def __init__(self, capacity: int = RENDERED_ROWS_CAPACITY) -> None:
+        self._capacity = capacity
+        self._writers: dict[tuple[str, ...], DicomJsonWriter] = {}
+        self._rendered: dict[tuple[object, ...], DicomJson] = {}
+
+    def render(
+        self, keywords: tuple[str, ...], rows: Iterable[Sequence[str | int | None]]
+    ) -> list[DicomJson]:
+        """Return the DICOM JSON data set of each row (values in ``keywords`` order)."""
+        writer = self._writers.get(keywords)
+        if writer is None:
+            writer = self._writers[keywords] = DicomJsonWriter(keywords)
+        rendered = self._rendered
+        if len(rendered) > self._capacity:
+            rendered.clear()
+        matches = []
+        for row in rows:
+            key = (keywords, *row)
+            data = rendered.get(key)
+            if data is None:
+                data = rendered[key] = writer(row)
+            matches.append(dict(data))
+        return matches
 
 
 def dicom_json(values: Mapping[str, str | int | None]) -> DicomJson:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from drimbox.errors import DrimboxError, IndexUnavailableError
-from drimbox.index._dicomjson import DicomJsonWriter
+from drimbox.index._dicomjson import RenderedMatches
 from drimbox.index._migrate import upgrade_to_head
 from drimbox.index._query import plan_query
 from drimbox.index._records import (
@@ -122,6 +122,7 @@ class SqlIndex:
         self._writer = writer or reader
         self._seen_revisions: dict[str, int] = {}
         self._seen_lock = threading.Lock()
+        self._rendered = RenderedMatches()
         if migrate:
             with self._guard():
                 upgrade_to_head(self._writer)
@@ -277,13 +278,16 @@ class SqlIndex:
             yield document
 
     def search(self, query: Query) -> SearchResult:
-        """Match a hierarchical query (PS3.4 §C.2.2.2); see :mod:`drimbox.index._query`."""
+        """Match a hierarchical query (PS3.4 §C.2.2.2); see :mod:`drimbox.index._query`.
+
+        Each match is a fresh dict, but its element objects may be shared with other results:
+        add or remove attributes freely, never change an element in place.
+        """
         plan = plan_query(query)
         statement = build_search(plan)
         with self._guard(), self._read() as connection:
             rows = connection.execute(statement).all()
-        writer = DicomJsonWriter(plan.returned)
-        matches = [writer(row) for row in rows[: plan.limit]]
+        matches = self._rendered.render(plan.returned, rows[: plan.limit])
         return SearchResult(matches=matches, truncated=len(rows) > plan.limit)
 
     def remove_instance(self, sop_instance_uid: str) -> InstanceLocation | None:
