@@ -19,6 +19,7 @@ __all__ = ["RegistryAudit", "patient_digest"]
 _log = logging.getLogger("registry.audit")
 _GENESIS = "0" * 64
 _DIGEST_CHARS = 16
+_TAIL_BYTES = 64 * 1024  # longer than any record
 
 
 def patient_digest(oid: str, value: str) -> str:
@@ -38,7 +39,6 @@ class RegistryAudit:
     def __init__(self, path: Path | None) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._previous: str | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -61,20 +61,22 @@ class RegistryAudit:
             _log.error("registry.audit.write_failed error=%s", error.strerror)
 
     def _append(self, body: dict[str, object]) -> None:
+        import fcntl  # POSIX only; imported here so the module loads everywhere
+
         assert self._path is not None
-        if self._previous is None:
-            self._previous = _last_hash(self._path)
-        line = json.dumps({**body, "previous": self._previous}, sort_keys=True)
-        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # several worker processes share one chain
+            line = json.dumps({**body, "previous": _last_hash(fd)}, sort_keys=True)
             os.write(fd, (line + "\n").encode())
         finally:
-            os.close(fd)
-        self._previous = hashlib.sha256(line.encode()).hexdigest()
+            os.close(fd)  # releases the lock
 
 
-def _last_hash(path: Path) -> str:
-    if not path.exists():
+def _last_hash(fd: int) -> str:
+    size = os.fstat(fd).st_size
+    if size == 0:
         return _GENESIS
-    lines = path.read_bytes().splitlines()
-    return hashlib.sha256(lines[-1]).hexdigest() if lines else _GENESIS
+    tail = os.pread(fd, min(size, _TAIL_BYTES), max(0, size - _TAIL_BYTES))
+    last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    return hashlib.sha256(last).hexdigest()

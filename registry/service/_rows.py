@@ -144,7 +144,8 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def stored_entry(row: Row[Any]) -> StoredEntry:
+def stored_entry(row: Row[Any] | Any) -> StoredEntry:
+    """Return the entry of a ``registry_entry`` row (or any object with its columns)."""
     details = json.loads(row.details)
     period_end = row.period_end if row.period_end != row.period_start else None
     manifest = ManifestSubmission(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import uvicorn
@@ -14,6 +15,7 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "DEFAULT_HTTP_PORT",
     "REGISTRY_PATH",
+    "app_from_environment",
     "create_standalone_app",
     "main",
     "serve_registry",
@@ -25,6 +27,9 @@ DEFAULT_HTTP_PORT = 8090
 DEFAULT_DATABASE_URL = "sqlite:///drimbox-registry.db"
 #: Where the FHIR base lives under the HTTP root, standalone and embedded alike.
 REGISTRY_PATH = "/registry"
+_ENV_DATABASE = "DRIMBOX_REGISTRY_DATABASE_URL"
+_ENV_PRODUCTION = "DRIMBOX_REGISTRY_PRODUCTION"
+_ENV_AUDIT = "DRIMBOX_REGISTRY_AUDIT"
 
 
 def create_standalone_app(
@@ -38,6 +43,16 @@ def create_standalone_app(
     return root
 
 
+def app_from_environment() -> FastAPI:
+    """uvicorn factory for worker processes: the settings come from ``DRIMBOX_REGISTRY_*``."""
+    audit = os.environ.get(_ENV_AUDIT)
+    return create_standalone_app(
+        os.environ[_ENV_DATABASE],
+        production=os.environ.get(_ENV_PRODUCTION) == "1",
+        audit_path=Path(audit) if audit else None,
+    )
+
+
 def serve_registry(
     host: str = "127.0.0.1",
     port: int = DEFAULT_HTTP_PORT,
@@ -45,6 +60,7 @@ def serve_registry(
     *,
     production: bool = False,
     audit_path: Path | None = None,
+    workers: int = 1,
 ) -> None:
     """Serve the registry until interrupted, its FHIR base at ``http://<host>:<port>/registry``.
 
@@ -58,11 +74,28 @@ def serve_registry(
         Production rules (test INS OIDs refused; replace/delete restricted to the publisher).
     audit_path
         JSON-lines audit trail; ``None`` logs audit records only.
+    workers
+        HTTP worker processes sharing the store (stateless; the audit chain is file-locked).
     """
     root = create_standalone_app(database_url, production=production, audit_path=audit_path)
     dialect = root.state.registry_store.dialect
     print(f"drimbox registry: FHIR base http://{host}:{port}{REGISTRY_PATH} ({dialect} store)")
-    uvicorn.run(root, host=host, port=port, log_level="info")
+    if workers == 1:
+        uvicorn.run(root, host=host, port=port, log_level="info")
+        return
+    root.state.registry_store.close()  # the workers build their own
+    os.environ[_ENV_DATABASE] = database_url
+    os.environ[_ENV_PRODUCTION] = "1" if production else "0"
+    if audit_path is not None:
+        os.environ[_ENV_AUDIT] = str(audit_path)
+    uvicorn.run(
+        "registry.service.cli:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database", default=DEFAULT_DATABASE_URL, help="SQLAlchemy URL")
     parser.add_argument("--production", action="store_true", help="refuse test INS OIDs")
     parser.add_argument("--audit", type=Path, default=None, help="JSON-lines audit trail")
+    parser.add_argument("--workers", type=int, default=1, help="HTTP worker processes")
     args = parser.parse_args(argv)
     serve_registry(
         args.host,
@@ -80,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         args.database,
         production=args.production,
         audit_path=args.audit,
+        workers=args.workers,
     )
 
 

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
@@ -180,9 +181,7 @@ class RegistryStore:
             connection.execute(insert(documents), {"entry_pk": pk, "content": kos})
             if target is not None:
                 self._set_status(connection, target, EntryStatus.SUPERSEDED, now)
-            stored = self._one(connection, entries.c.pk == pk)
-            assert stored is not None
-            return PublishOutcome(stored, True)
+            return PublishOutcome(stored_entry(SimpleNamespace(pk=pk, **row)), True)
 
     def _replaced(self, connection: Connection, manifest: ManifestSubmission) -> StoredEntry:
         key = manifest.replaces or ""

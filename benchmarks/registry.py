@@ -1,0 +1,233 @@
+"""Registry benchmark: publish throughput (HTTP), search by patient p50/p99 at scale, storage.
+
+Bounded; not a test. Run it against an EMPTY database::
+
+    .venv/bin/python -m benchmarks.registry --url sqlite:////tmp/registry-bench.db
+    .venv/bin/python -m benchmarks.registry --url postgresql+psycopg://app@127.0.0.1:55432/bench
+
+Steps: (1) start the registry as its own process (``python -m registry.service.cli``, uvicorn on
+127.0.0.1); (2) publish ``--publish`` real KOS manifests through the HTTP API with the box's
+client from ``--threads`` threads; (3) bulk-fill to ``--entries`` with the deterministic loader;
+(4) search by patient (status=current) ``--searches`` times at the store level and through the
+HTTP API; (5) measure the storage per entry. Targets (issue 4): publish >= 500/s; search by
+patient p99 < 10 ms at 10 M entries on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import httpx
+from sqlalchemy import func, select, text
+
+from registry.client import RegistryClient
+from registry.loader import (
+    ENTRIES_PER_PATIENT,
+    load_synthetic_entries,
+    synthetic_entries,
+    synthetic_patient,
+)
+from registry.models import EntryStatus, ManifestSubmission
+from registry.service._schema import entries
+from registry.service.store import EntryQuery, RegistryStore
+
+__all__ = ["main"]
+
+MILLISECONDS = 1000.0
+_PUBLISH_SEED = 7  # other UIDs than the bulk fill (seed 0)
+_SEARCH_SEED = 11
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+
+    def pick(quantile: float) -> float:
+        return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+
+    return {
+        "p50_ms": round(pick(0.50) * MILLISECONDS, 3),
+        "p99_ms": round(pick(0.99) * MILLISECONDS, 3),
+        "mean_ms": round(statistics.fmean(ordered) * MILLISECONDS, 3),
+    }
+
+
+def _start_server(url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "registry.service.cli",
+            "--http-port",
+            str(port),
+            "--database",
+            url,
+            "--workers",
+            str(workers),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/registry"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/metadata", timeout=1).status_code == httpx.codes.OK:
+                return process, base
+        except httpx.TransportError:
+            time.sleep(0.05)
+    process.kill()
+    raise SystemExit("the registry server did not start")
+
+
+def _publish(base: str, count: int, threads: int) -> dict[str, float]:
+    items = [(manifest, kos) for manifest, kos, _ in synthetic_entries(count, seed=_PUBLISH_SEED)]
+    latencies: list[float] = []
+    lock = threading.Lock()
+    with RegistryClient(base, timeout=30) as client:
+
+        def worker(part: list[tuple[ManifestSubmission, bytes]]) -> None:
+            for manifest, kos in part:
+                began = time.perf_counter()
+                client.publish(manifest, kos)
+                with lock:
+                    latencies.append(time.perf_counter() - began)
+
+        parts = [items[index::threads] for index in range(threads)]
+        workers = [threading.Thread(target=worker, args=(part,)) for part in parts]
+        began = time.perf_counter()
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+        elapsed = time.perf_counter() - began
+    return {"publishes": count, "per_second": round(count / elapsed, 1), **_percentiles(latencies)}
+
+
+def _patients(total: int, count: int) -> list[tuple[str, str]]:
+    rng = random.Random(_SEARCH_SEED)
+    population = max(1, total // ENTRIES_PER_PATIENT)
+    return [synthetic_patient(rng.randrange(population)) for _ in range(count)]
+
+
+def _timed(calls: list[Callable[[], int]]) -> dict[str, float]:
+    samples, found = [], 0
+    for call in calls[:50]:  # warm-up
+        call()
+    for call in calls:
+        began = time.perf_counter()
+        found += call()
+        samples.append(time.perf_counter() - began)
+    return {**_percentiles(samples), "mean_results": round(found / len(calls), 2)}
+
+
+def _storage(store: RegistryStore, url: str, total: int) -> dict[str, float]:
+    with store.engine.connect() as connection:
+        kos_bytes = connection.execute(select(func.avg(entries.c.content_size))).scalar_one()
+        if store.dialect == "postgresql":
+            size = connection.execute(text("SELECT pg_database_size(current_database())")).scalar()
+        else:
+            path = Path(url.removeprefix("sqlite:///"))
+            with sqlite3.connect(path) as raw:  # outside any transaction: fold the WAL in
+                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    return {
+        "database_bytes": int(size or 0),
+        "bytes_per_entry": round(int(size or 0) / total, 1),
+        "kos_bytes_per_entry": round(float(kos_bytes or 0), 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print its figures as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", required=True, help="SQLAlchemy URL of an EMPTY database")
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--publish", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--searches", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=1, help="registry HTTP worker processes")
+    args = parser.parse_args(argv)
+
+    store = RegistryStore(args.url)
+    with store.engine.connect() as connection:
+        if connection.execute(select(func.count()).select_from(entries)).scalar_one():
+            raise SystemExit("the database is not empty: give a fresh one")
+    results: dict[str, object] = {
+        "dialect": store.dialect,
+        "entries": args.entries,
+        "workers": args.workers,
+        "client_threads": args.threads,
+    }
+    process, base = _start_server(args.url, args.workers)
+    try:
+        results["publish_http"] = _publish(base, args.publish, args.threads)
+        began = time.perf_counter()
+        fill = max(0, args.entries - args.publish)
+        load_synthetic_entries(
+            store,
+            fill,
+            progress=lambda done: (
+                print(f"loaded {done}", file=sys.stderr, flush=True)
+                if done % 100_000 == 0
+                else None
+            ),
+        )
+        elapsed = time.perf_counter() - began
+        results["bulk_load"] = {"rows": fill, "per_second": round(fill / max(elapsed, 1e-9), 1)}
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql("ANALYZE")
+        patients = _patients(fill, args.searches)
+        current = (EntryStatus.CURRENT,)
+
+        def in_store(patient: tuple[str, str]) -> int:
+            query = EntryQuery(patient=patient, statuses=current, count=50)
+            return len(store.search(query)[0])
+
+        results["search_store"] = _timed([partial(in_store, p) for p in patients])
+        with httpx.Client(base_url=base, timeout=30) as http:
+
+            def over_http(patient: tuple[str, str]) -> int:
+                response = http.get(
+                    "/DocumentReference",
+                    params={
+                        "patient.identifier": f"urn:oid:{patient[0]}|{patient[1]}",
+                        "status": "current",
+                        "_count": "50",
+                    },
+                )
+                response.raise_for_status()
+                return len(response.json().get("entry", []))
+
+            results["search_http"] = _timed([partial(over_http, p) for p in patients])
+        results["storage"] = _storage(store, args.url, args.entries)
+        results["cpu_count"] = os.cpu_count() or 0
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        store.close()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
