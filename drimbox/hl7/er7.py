@@ -33,6 +33,7 @@ SEGMENT_SEPARATOR = "\r"  # HL7 v2.5 §2.5.1
 ACK_VERSION = "2.5"
 """Version of the acknowledgments the box sends (MSH-12)."""
 _HEADER_ID = "MSH"
+_HEADER_PROBE = 65536  # bytes searched for the MSH of a message too broken to parse
 _ENCODING_CHARACTERS_LENGTH = 4  # component, repetition, escape, subcomponent (§2.5.4)
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
 _CHARSETS = {  # MSH-18 (HL7 table 0211) -> Python codec
@@ -271,7 +272,7 @@ def read_header(raw: bytes) -> MessageHeader:
 
     Never raises: fields that cannot be read are empty.
     """
-    text = raw.decode("latin-1")  # any byte decodes; MSH is ASCII in practice
+    text = raw[:_HEADER_PROBE].decode("latin-1")  # any byte decodes; MSH is ASCII in practice
     start = text.find(_HEADER_ID)
     if start < 0:
         return MessageHeader()

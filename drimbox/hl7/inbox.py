@@ -97,8 +97,7 @@ class HL7Inbox:
             raise
         os.close(fd)
         os.replace(temporary, self._path(self._pending, message_id))
-        _fsync_directory(self._pending)
-        _fsync_directory(self._tmp)
+        _fsync_directory(self._pending)  # the new entry is durable; tmp/ needs no sync
         return message_id
 
     def pending(self) -> list[str]:

@@ -40,6 +40,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 """Default largest accepted message (bytes between the blocks)."""
 DEFAULT_IDLE_TIMEOUT = 30.0
 DEFAULT_FRAME_TIMEOUT = 120.0
+DEFAULT_MAX_CONNECTIONS = 64
 _RECEIVE_SIZE = 65536
 _LISTEN_BACKLOG = 64
 _DRAIN_SECONDS = 1.0
@@ -134,6 +135,8 @@ class MllpServer:
         Seconds without any byte after which a connection is closed.
     frame_timeout
         Seconds allowed to receive one whole frame (slow senders).
+    max_connections
+        Connections beyond this number are closed as soon as accepted.
     """
 
     def __init__(
@@ -145,12 +148,14 @@ class MllpServer:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self._address = (host, port)
         self._handler = handler
         self._max_size = max_message_size
         self._idle_timeout = idle_timeout
         self._frame_timeout = frame_timeout
+        self._max_connections = max_connections
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -218,6 +223,14 @@ class MllpServer:
                 if self._stopping.is_set():
                     return
                 raise
+            with self._lock:
+                busy = len(self._connections) >= self._max_connections
+            if busy:
+                _log.warning(
+                    "hl7.mllp.too_many_connections", extra={"limit": self._max_connections}
+                )
+                connection.close()
+                continue
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             worker = threading.Thread(
                 target=self._serve, args=(connection,), name=f"mllp-{peer[1]}", daemon=True

@@ -201,3 +201,25 @@ def test_client_reports_a_server_that_closes_without_answering() -> None:
         send_message(HOST, port, message("X"), timeout=5)
     thread.join()
     listener.close()
+
+
+def test_connections_beyond_the_limit_are_closed(serve: Callable[..., int]) -> None:
+    port = serve(max_connections=2)
+    held = [socket.create_connection((HOST, port)) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # let the server register both
+        with socket.create_connection((HOST, port)) as extra:
+            assert closed_by_peer(extra)
+        held[0].sendall(frame(message("HELD")))
+        assert [msa(a) for a in read_frames(held[0], 1)] == [("AA", "HELD")]
+    finally:
+        for connection in held:
+            connection.close()
+
+
+def test_endless_garbage_is_cut_off(serve: Callable[..., int]) -> None:
+    port = serve(max_message_size=64 * 1024)
+    with socket.create_connection((HOST, port)) as connection:
+        _send_ignoring_reset(connection, b"\x00" * (256 * 1024))
+        assert closed_by_peer(connection)
+    assert msa(send_message(HOST, port, message("AFTER"), timeout=5)) == ("AA", "AFTER")
