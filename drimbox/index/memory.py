@@ -99,8 +99,11 @@ class MemoryIndex:
                 self._studies[record.study_instance_uid] = study
                 patient.children[record.study_instance_uid] = study
             else:
-                assert study.parent is not None
-                study.parent.fill(patient_values)
+                # Like the SQL adapter: the record's own patient (if held) gets its empty
+                # attributes filled, but the study stays with the patient it was indexed under.
+                held_patient = self._patients.get(key)
+                if held_patient is not None:
+                    held_patient.fill(patient_values)
                 study.fill(level_values(record, Level.STUDY))
             series_values = level_values(record, Level.SERIES)
             series_values["series_number_order"] = integer_order(series_values["SeriesNumber"])

@@ -239,6 +239,19 @@ def test_study_attributes_keep_the_first_value_and_fill_empty_ones(index: Index)
     assert values_of(match, ACCESSION_NUMBER) == ["ACC9"]
 
 
+def test_instance_of_a_known_study_stays_under_the_study_patient(index: Index) -> None:
+    index.add_instance(record("1.2.3.1.1", PatientID="FIRST"))
+    assert index.add_instance(record("1.2.3.2.1", "1.2.3.2", PatientID="OTHER")) is (
+        AddOutcome.STORED
+    )
+    index.add_instance(record("1.2.3.2.2", "1.2.3.2", "9.9.9", PatientID="THIRD"))
+    assert index.statistics() == index.statistics().__class__(1, 1, 2, 3, 300)
+    assert uids(index, Level.IMAGE, PatientID="FIRST") == ["1.2.3.1.1", "1.2.3.2.1", "1.2.3.2.2"]
+    assert uids(index, Level.STUDY, PatientID="OTHER") == []
+    (patient,) = index.search(Query(level=Level.PATIENT)).matches
+    assert values_of(patient, "00201204") == [3]
+
+
 @pytest.fixture
 def three_studies(index: Index) -> Index:
     """Three studies of two patients, with varied attributes."""

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from drimbox.errors import ConfigurationError
+from drimbox.errors import ConfigurationError, IndexUnavailableError
 from drimbox.index import MemoryIndex, SqliteIndex, open_index
 from drimbox.index._schema import metadata
 from drimbox.index.sqlite import sqlite_engine
@@ -76,6 +76,11 @@ def test_open_index_chooses_the_adapter_by_url_scheme(tmp_path: Path) -> None:
         open_index("mysql://localhost/db")
     with pytest.raises(ConfigurationError, match="memory://"):
         open_index("sqlite:///:memory:")
+
+
+def test_unusable_sqlite_file_is_an_unavailable_index(tmp_path: Path) -> None:
+    with pytest.raises(IndexUnavailableError):
+        SqliteIndex(tmp_path / "missing-directory" / "index.db")
 
 
 def test_migrations_ship_as_package_data() -> None:
