@@ -297,3 +297,21 @@ def test_repetitions_components_and_subcomponents_are_addressable() -> None:
 def test_header_reader_never_raises() -> None:
     assert read_header(b"\xff" * 10).control_id == ""
     assert read_header(b"MSH|^~\\&|A|B|C|D||||ID1").control_id == "ID1"
+
+
+def test_zds_study_instance_uid_comes_first_without_duplicates() -> None:
+    raw = hl7_path("CR_C-ORU").read_bytes().decode()
+    with_zds = raw.replace(
+        "\rOBX|1|", "\rZDS|1.2.826.0.1.3680043.10.1337.7^^Application^DICOM\rOBX|1|", 1
+    )
+    same = raw.replace("\rOBX|1|", "\rZDS|1.2.250.1.213.4.5.2.1.103^^Application^DICOM\rOBX|1|", 1)
+    assert parse_report_message(with_zds.encode()).study_instance_uids == (
+        "1.2.826.0.1.3680043.10.1337.7",
+        study(103),
+    )
+    assert parse_report_message(same.encode()).study_instance_uids == (study(103),)
+
+
+def test_escaped_delimiters_in_pid_names_are_decoded() -> None:
+    raw = _with_segment("PID", "|PAT-TROIS^DOMINIQUE^", r"|PAT\T\TROIS\S\X^DOMINIQUE^")
+    assert parse_report_message(raw).patient.birth_name == "PAT&TROIS^X"

@@ -257,17 +257,18 @@ def test_invalid_manifest_requests_are_refused(changes: dict[str, object], messa
         build_manifest(request(**changes))  # type: ignore[arg-type]
 
 
-def _kin_top_level_keywords() -> set[str]:
+def _kin_keywords(path: str = "data-set") -> set[str]:
+    """Attribute keywords of the ANS KIN manifest dump at ``path`` (first item of sequences)."""
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
     root = etree.parse(str(KIN_MANIFEST), parser).getroot()
-    data_set = root.find("data-set")
-    assert data_set is not None
-    return {str(child.get("name")) for child in data_set}
+    node = root.find(path)
+    assert node is not None
+    return {str(child.get("name")) for child in node}
 
 
 def test_manifest_has_every_attribute_of_the_ans_kin_sample_but_documented_ones() -> None:
     ours = set(pydicom.dcmread(io.BytesIO(build_manifest(request()))).dir())
-    kin = _kin_top_level_keywords()
+    kin = _kin_keywords()
     not_copied = {
         "OtherPatientNames",  # the sample repeats the names; the INS traits are in PatientName
         "PatientComments",  # the sample puts the birth place code there (free text field)
@@ -276,6 +277,19 @@ def test_manifest_has_every_attribute_of_the_ans_kin_sample_but_documented_ones(
     }
     assert kin - ours == not_copied
     assert {"ContentTemplateSequence", "RetrieveURL"} - ours == {"RetrieveURL"}  # per series
+
+
+def test_referenced_request_and_evidence_items_have_the_kin_sample_attributes() -> None:
+    ds = pydicom.dcmread(io.BytesIO(build_manifest(request())))
+    request_item = "data-set/sequence[@name='ReferencedRequestSequence']/item"
+    assert set(ds.ReferencedRequestSequence[0].dir()) == _kin_keywords(request_item)
+    series_item = (
+        "data-set/sequence[@name='CurrentRequestedProcedureEvidenceSequence']/item"
+        "/sequence[@name='ReferencedSeriesSequence']/item"
+    )
+    ours = set(ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].dir())
+    # the sample puts SeriesNumber in the evidence (not in the macro); we add RetrieveLocationUID
+    assert _kin_keywords(series_item) ^ ours == {"SeriesNumber", "RetrieveLocationUID"}
 
 
 @pytest.mark.parametrize("reason", list(RejectionReason))
