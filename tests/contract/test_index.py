@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from drimbox.errors import InvalidQueryError
-from drimbox.index import MemoryIndex, PostgresIndex, SqliteIndex
+from drimbox.index import MemoryIndex, PostgresIndex, SqliteIndex, open_index
 from drimbox.model import AddOutcome, InstanceRecord, Level, Query, StoredBlob
 from drimbox.ports import Index
 
@@ -501,8 +501,25 @@ def test_a_second_handle_sees_the_same_database(open_adapter: Callable[[], Index
     assert second.add_instance(record("1.2.3.1.1")) is AddOutcome.DUPLICATE
 
 
-def _add_in_another_process(path: str, count: int, start: Any, results: Any) -> None:
-    index = SqliteIndex(path)
+def add_from_processes(url: str, count: int, processes: int = 2) -> list[str]:
+    """Add the same ``count`` instances from several processes at once; return all outcomes."""
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.Queue()
+    workers = [
+        context.Process(target=_add_in_another_process, args=(url, count, start, results))
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0] * processes
+    return [outcome for worker_outcomes in outcomes for outcome in worker_outcomes]
+
+
+def _add_in_another_process(url: str, count: int, start: Any, results: Any) -> None:
+    index = open_index(url)
     start.wait()
     try:
         results.put([index.add_instance(record(f"1.2.3.1.{n}")).value for n in range(count)])
@@ -511,22 +528,10 @@ def _add_in_another_process(path: str, count: int, start: Any, results: Any) -> 
 
 
 def test_two_processes_adding_the_same_instances_store_each_once(tmp_path: Path) -> None:
-    path = str(tmp_path / "index.db")
-    SqliteIndex(path).close()
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    open_index(url).close()
     count = 40
-    context = multiprocessing.get_context("spawn")
-    start, results = context.Barrier(2), context.Queue()
-    workers = [
-        context.Process(target=_add_in_another_process, args=(path, count, start, results))
-        for _ in range(2)
-    ]
-    for worker in workers:
-        worker.start()
-    outcomes = [results.get(timeout=60) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
-    assert [worker.exitcode for worker in workers] == [0, 0]
-    assert [o for worker_outcomes in outcomes for o in worker_outcomes].count("stored") == count
-    index = SqliteIndex(path)
+    assert add_from_processes(url, count).count("stored") == count
+    index = open_index(url)
     assert index.statistics().instances == count
     index.close()
