@@ -61,6 +61,15 @@ _MAX_UID_LENGTH = 64  # PS3.5 §9.1
 _UID_ROOT = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 _MAX_ROOT_LENGTH = 40
 _DICOM_SEXES = frozenset({"M", "F", "O"})  # PatientSex (PS3.3 §C.7.1.1)
+_OTHER_SEX = "O"
+UTF8_CHARACTER_SET = "ISO_IR 192"  # SpecificCharacterSet (PS3.3 §C.12.1.1.2)
+CONTAINS = "CONTAINS"  # RelationshipType (PS3.3 §C.17.3.2.4)
+CONTAINER = "CONTAINER"  # ValueType (PS3.3 §C.17.3.2.1), as the next three
+TEXT = "TEXT"
+IMAGE = "IMAGE"
+COMPOSITE = "COMPOSITE"
+SEPARATE = "SEPARATE"  # ContinuityOfContent (PS3.3 §C.17.3.2.3)
+_IMAGE_SOP_CLASS_NAME = "Image Storage"  # in pydicom's name of every image storage SOP class
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +322,7 @@ def _patient_module(ds: Dataset, patient: PatientIdentity) -> None:
         ds.IssuerOfPatientIDQualifiersSequence = _issuer_qualifiers(issuer)
     ds.PatientBirthDate = patient.birth_date or ""
     sex = (patient.sex or "").upper()
-    ds.PatientSex = sex if sex in _DICOM_SEXES else ("O" if sex else "")
+    ds.PatientSex = sex if sex in _DICOM_SEXES else (_OTHER_SEX if sex else "")
     if patient.ins and patient.ipp:
         other = Dataset()
         other.PatientID = patient.ipp
@@ -341,22 +350,26 @@ def _request_item(request: RequestReference, study_instance_uid: str) -> Dataset
     return item
 
 
-def _content_item(instance: ReferencedInstance) -> Dataset:
-    item = Dataset()
-    item.RelationshipType = "CONTAINS"
-    name = UID(instance.sop_class_uid).name
-    item.ValueType = "IMAGE" if "Image Storage" in name else "COMPOSITE"  # PS3.3 §C.17.3.2.1
+def _sop_reference(instance: ReferencedInstance) -> Dataset:
     reference = Dataset()
     reference.ReferencedSOPClassUID = instance.sop_class_uid
     reference.ReferencedSOPInstanceUID = instance.sop_instance_uid
-    item.ReferencedSOPSequence = Sequence([reference])
+    return reference
+
+
+def _content_item(instance: ReferencedInstance) -> Dataset:
+    item = Dataset()
+    item.RelationshipType = CONTAINS
+    is_image = _IMAGE_SOP_CLASS_NAME in UID(instance.sop_class_uid).name
+    item.ValueType = IMAGE if is_image else COMPOSITE
+    item.ReferencedSOPSequence = Sequence([_sop_reference(instance)])
     return item
 
 
 def _text_item(text: str) -> Dataset:
     item = Dataset()
-    item.RelationshipType = "CONTAINS"
-    item.ValueType = "TEXT"
+    item.RelationshipType = CONTAINS
+    item.ValueType = TEXT
     item.ConceptNameCodeSequence = Sequence([KEY_OBJECT_DESCRIPTION.to_dataset()])
     item.TextValue = text
     return item
@@ -378,13 +391,7 @@ def _evidence(
             )
         if retrieve_location_uid:
             item.RetrieveLocationUID = retrieve_location_uid
-        references = []
-        for instance in one.instances:
-            reference = Dataset()
-            reference.ReferencedSOPClassUID = instance.sop_class_uid
-            reference.ReferencedSOPInstanceUID = instance.sop_instance_uid
-            references.append(reference)
-        item.ReferencedSOPSequence = Sequence(references)
+        item.ReferencedSOPSequence = Sequence([_sop_reference(i) for i in one.instances])
         series_items.append(item)
     study = Dataset()
     study.StudyInstanceUID = study_instance_uid
@@ -409,7 +416,7 @@ def _key_object_document(
     if when.tzinfo is None:
         raise ValueError("content_datetime must be timezone-aware")
     ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SpecificCharacterSet = UTF8_CHARACTER_SET
     ds.SOPClassUID = KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
     ds.SOPInstanceUID = uids.sop_instance_uid
     ds.InstanceCreationDate = ds.ContentDate = when.strftime("%Y%m%d")
@@ -425,9 +432,9 @@ def _key_object_document(
     ds.Manufacturer = manufacturer
     ds.InstitutionName = institution_name
     ds.SoftwareVersions = software_versions
-    ds.ValueType = "CONTAINER"
+    ds.ValueType = CONTAINER
     ds.ConceptNameCodeSequence = Sequence([title.to_dataset()])
-    ds.ContinuityOfContent = "SEPARATE"
+    ds.ContinuityOfContent = SEPARATE
     template = Dataset()
     template.MappingResource, template.TemplateIdentifier = KOS_TEMPLATE
     ds.ContentTemplateSequence = Sequence([template])
