@@ -11,7 +11,7 @@ import binascii
 import hashlib
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, TypeVar
 
 from registry._fhir import (
@@ -135,6 +135,12 @@ def _replaces(resource: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _period_end(start: date, end_text: str | None) -> date | None:
+    """The end of an exam period; ``None`` when the exam fits in its start day."""
+    end = None if end_text is None else parse_date(end_text, "period.end")
+    return None if end == start else end
+
+
 def read_document_reference(
     resource: Mapping[str, Any], *, require_id: bool, source_box: str | None = None
 ) -> tuple[ManifestSubmission, str | None]:
@@ -221,7 +227,7 @@ def read_document_reference(
         study_instance_uid=study_uid,
         source_box_id=source,
         period_start=start,
-        period_end=None if end_text is None else parse_date(end_text, "period.end"),
+        period_end=_period_end(start, end_text),
         accession_number=accession,
         accession_system=accession_system,
         modalities=tuple(modalities),
