@@ -34,7 +34,15 @@ def base_url(request: Request) -> str:
         index = path.find(root)
         if index >= 0:
             cut = min(cut, index)
-    return f"{request.url.scheme}://{request.url.netloc}{path[:cut]}"
+    netloc = request.url.netloc
+    server = request.scope.get("server")
+    if request.url.port is None and server is not None and server[0] == request.url.hostname:
+        # a direct client that left the port out of Host (dicomweb-client does): the port it
+        # reached is ours; behind a proxy the Host names the proxy and is kept as it is
+        default = {"http": 80, "https": 443}.get(request.url.scheme)
+        if server[1] != default:
+            netloc = f"{netloc}:{server[1]}"
+    return f"{request.url.scheme}://{netloc}{path[:cut]}"
 
 
 def accept_ranges(request: Request) -> list[MediaRange]:

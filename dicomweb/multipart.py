@@ -161,14 +161,14 @@ class MultipartParser:
                 del self._buffer[: index + len(self._delimiter)]
                 self._state = _AFTER_DELIMITER
             elif self._state == _AFTER_DELIMITER:
+                if self._buffer.startswith(b"--"):  # close delimiter; its CRLF is optional
+                    self._state = _DONE
+                    self._buffer.clear()
+                    return events
                 line_end = self._buffer.find(_CRLF)
                 if line_end < 0:
                     if len(self._buffer) > _MAX_HEADER_BYTES:
                         raise InvalidQueryError("malformed multipart delimiter line", "body")
-                    return events
-                if self._buffer.startswith(b"--"):
-                    self._state = _DONE
-                    self._buffer.clear()
                     return events
                 if self._buffer[:line_end].strip(b" \t"):
                     raise InvalidQueryError("malformed multipart delimiter line", "body")

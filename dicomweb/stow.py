@@ -10,15 +10,20 @@ decompression bombs) and the total size is bounded.
 
 from __future__ import annotations
 
+import io
 import tempfile
 from enum import IntEnum
 from http import HTTPStatus
-from typing import IO, Any
+from typing import IO, Any, BinaryIO, cast
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
 
 from dicomweb._common import base_url, check_uid
 from dicomweb.dicomjson import (
@@ -47,6 +52,11 @@ from drimbox.services.ingest import IngestService
 __all__ = ["StowFailure", "StowWarning", "add_stow_routes"]
 
 _SPOOL_MEMORY = 4 << 20
+_PREAMBLE_LENGTH = 128
+_DICM = b"DICM"
+"""Part 10 preamble length and prefix (PS3.10 §7.1)."""
+_FILE_META_GROUP = b"\x02\x00"
+"""Group 0002 (File Meta Information) as the first bytes of a little-endian element tag."""
 
 
 class StowFailure(IntEnum):
@@ -92,12 +102,61 @@ def _identify(spool: IO[bytes]) -> tuple[str | None, str | None]:
         return None, None
 
 
+class _Prefixed(io.RawIOBase):
+    """``prefix`` then the rest of ``stream``, read once (not seekable)."""
+
+    def __init__(self, prefix: bytes, stream: IO[bytes]) -> None:
+        self._prefix = prefix
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._prefix:
+            size = min(len(buffer), len(self._prefix))
+            buffer[:size] = self._prefix[:size]
+            self._prefix = self._prefix[size:]
+            return size
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _as_part10(spool: IO[bytes]) -> BinaryIO:
+    """Frame a part as Part 10 when it starts right at a bare File Meta group.
+
+    Some clients (dicomweb-client, through ``pydicom.dcmwrite`` of a data set built in memory)
+    send the File Meta elements without the 128-byte preamble, ``DICM`` and the group length
+    (PS3.10 §7.1); the data set itself is complete, so the File Meta Information is re-encoded
+    (same values, plus the mandatory group length and version) rather than the part refused.
+    The data set bytes are passed on unchanged.
+    """
+    spool.seek(0)
+    head = spool.read(_PREAMBLE_LENGTH + len(_DICM))
+    spool.seek(0)
+    if head[_PREAMBLE_LENGTH:] == _DICM or not head.startswith(_FILE_META_GROUP):
+        return spool  # type: ignore[return-value]  # a binary file
+    elements = read_dataset(
+        cast(BinaryIO, spool), False, True, stop_when=lambda tag, vr, length: tag.group != 2
+    )
+    meta = FileMetaDataset(elements)
+    encoded = DicomBytesIO()
+    encoded.is_little_endian, encoded.is_implicit_VR = True, False
+    write_file_meta_info(encoded, meta, enforce_standard=True)
+    prefix = bytes(_PREAMBLE_LENGTH) + _DICM + encoded.getvalue()
+    return io.BufferedReader(_Prefixed(prefix, spool))
+
+
 def _store_part(
     ingest: IngestService, spool: IO[bytes], source: str, study: str | None
 ) -> StoreResult | StowFailure:
-    spool.seek(0)
     try:
-        return ingest.store_part10(spool, source=source, study_instance_uid=study)  # type: ignore[arg-type]
+        try:
+            part10 = _as_part10(spool)
+        except (InvalidDicomError, ValueError, EOFError, KeyError, AttributeError):
+            return StowFailure.CANNOT_UNDERSTAND
+        return ingest.store_part10(part10, source=source, study_instance_uid=study)
     except InvalidInstanceError as error:
         return _FAILURE_OF_REASON.get(error.reason, StowFailure.CANNOT_UNDERSTAND)
     except StorageError:
