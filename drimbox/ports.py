@@ -219,14 +219,14 @@ class Registry(Protocol):
     Errors: ``registry.errors``' unavailable error (retry later) and rejected error (do not retry).
     """
 
-    def publish(self, kos: bytes, submission: ManifestSubmission) -> str:
-        """Publish (or, with ``submission.replaces``, replace) a manifest; return its entry id.
+    def publish(self, manifest: ManifestSubmission, kos: bytes) -> str:
+        """Publish (or, with ``manifest.replaces``, replace) a manifest; return its entry id.
 
         Idempotent: publishing the same KOS SOP Instance UID again returns the same entry.
         """
         ...
 
-    def delete(self, entry_id: str) -> None:
+    def delete(self, entry_id: str) -> object:
         """De-publish an entry (status entered-in-error); idempotent."""
         ...
 

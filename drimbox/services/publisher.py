@@ -193,7 +193,7 @@ class Publisher:
         if job.action is JobAction.REPLACE:
             previous = exam.registry_entry_id or job.replaces
             submission = replace(submission, replaces=previous)
-        return self._registry.publish(kos, submission)
+        return self._registry.publish(submission, kos)
 
     def _complete(self, job: OutboxJob, exam: Exam, attempts: int, entry_id: str | None) -> None:
         done = replace(job, state=JobState.DONE, attempts=attempts, registry_entry_id=entry_id)

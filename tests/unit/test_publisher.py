@@ -31,7 +31,7 @@ class FakeRegistry:
     deleted: list[str] = field(default_factory=list)
     calls: int = 0
 
-    def publish(self, kos: bytes, submission: ManifestSubmission) -> str:
+    def publish(self, submission: ManifestSubmission, kos: bytes) -> str:
         self.calls += 1
         if not self.available:
             raise RegistryUnavailableError("connection refused")
@@ -41,11 +41,12 @@ class FakeRegistry:
         self.entries.setdefault(entry_id, (kos, submission))
         return entry_id
 
-    def delete(self, entry_id: str) -> None:
+    def delete(self, entry_id: str) -> object:
         self.calls += 1
         if not self.available:
             raise RegistryUnavailableError("connection refused")
         self.deleted.append(entry_id)
+        return entry_id
 
 
 class Clock:
@@ -187,7 +188,7 @@ def test_a_crash_after_publishing_republishes_the_same_entry(world: World) -> No
     store, blobs, registry, clock, publisher = world
     job = _queue(store, blobs, 1, JobAction.PUBLISH, clock)
     # The registry got it, but the box died before recording it: the job is still pending.
-    registry.publish(b"KOS v1", replace_submission(job))
+    registry.publish(replace_submission(job), b"KOS v1")
     assert publisher.run_once() == 1
     assert len(registry.entries) == 1
 
