@@ -20,6 +20,7 @@ def report_problems(
     *,
     allow_test_oids: bool = True,
     compare_birth_place: bool = True,
+    check_dmp_flag: bool = True,
 ) -> list[str]:
     """Return the reasons to quarantine ``message`` instead of acting on it (empty: none).
 
@@ -31,6 +32,9 @@ def report_problems(
         ``False`` in production (test / demonstration INS OIDs are refused).
     compare_birth_place
         Whether PID-11 ``BDL`` and the CDA birthplace must agree.
+    check_dmp_flag
+        Whether a missing ``DESTDMP`` is a problem (the publication workflow records it as its
+        own state, "not for the DMP", rather than as a quarantine).
 
     Returns
     -------
@@ -50,6 +54,6 @@ def report_problems(
         problems.append("TXA-12 unique document number differs from the CDA ClinicalDocument/id")
     if not message.study_instance_uids:
         problems.append("the report names no StudyInstanceUID (serviceEvent/id or ZDS-1)")
-    if message.action is not ReportAction.CANCEL and not message.flags.to_dmp:
+    if check_dmp_flag and message.action is not ReportAction.CANCEL and not message.flags.to_dmp:
         problems.append("DESTDMP is not Y: the report is not to be shared")
     return problems

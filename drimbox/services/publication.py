@@ -61,12 +61,15 @@ class ManifestDraft:
         The instances to reference (never rejected ones, never manifests).
     study_attributes
         Study-level attributes of the images (DICOM JSON of the study match).
+    series_modalities
+        Modality of each referenced series, by SeriesInstanceUID.
     """
 
     notice: ReportNotice
     version: int
     instances: tuple[InstanceLocation, ...]
     study_attributes: dict[str, Any] = field(default_factory=dict)
+    series_modalities: dict[str, str] = field(default_factory=dict)
 
 
 class ManifestBuilder(Protocol):
@@ -141,7 +144,16 @@ class PublicationService:
 
     def _publish(self, notice: ReportNotice, exam: Exam | None, *, fetch: bool) -> Exam:
         report = notice_to_dict(notice)
-        problems = publication_problems(notice.patient, allow_test_oids=not self._production)
+        problems = list(notice.problems)
+        problems += [
+            problem
+            for problem in publication_problems(
+                notice.patient, allow_test_oids=not self._production
+            )
+            if problem not in problems
+        ]
+        if not notice.study_instance_uid:
+            problems.append("the report names no StudyInstanceUID")
         if problems:
             return self._settle(notice, exam, report, ExamState.QUARANTINED, "; ".join(problems))
         if not notice.send_to_dmp:
@@ -171,7 +183,9 @@ class PublicationService:
         study: dict[str, Any],
     ) -> Exam:
         version = (exam.version if exam else 0) + 1
-        draft = ManifestDraft(notice, version, tuple(instances), study)
+        draft = ManifestDraft(
+            notice, version, tuple(instances), study, self._series_modalities(notice)
+        )
         kos_uid, kos_bytes = self._build_manifest(draft)
         blob = self._blobs.put([kos_bytes])
         modalities = tuple(_values(study, "00080061"))
@@ -360,6 +374,18 @@ class PublicationService:
             )
         )
         return result.matches[0] if result.matches else {}
+
+    def _series_modalities(self, notice: ReportNotice) -> dict[str, str]:
+        result = self._index.search(
+            Query(level=Level.SERIES, filters={"StudyInstanceUID": notice.study_instance_uid})
+        )
+        modalities = {}
+        for series in result.matches:
+            uid = next(iter(_values(series, "0020000E")), None)
+            modality = next(iter(_values(series, "00080060")), None)
+            if uid and modality:
+                modalities[uid] = modality
+        return modalities
 
     def _fetch_from_pacs(self, notice: ReportNotice) -> None:
         if self._pacs is None:

@@ -25,7 +25,7 @@ class ReportNotice:
     Attributes
     ----------
     message_id
-        Control id of the carrying message: a message received twice is processed once.
+        Identifies the carrying message (and study): a message received twice is processed once.
     action
         Publish (or replace) / cancel.
     report_id
@@ -46,6 +46,11 @@ class ReportNotice:
         ``YYYYMMDD``.
     region_codes
         Anatomic region codes (system, code, display) from the report.
+    problems
+        Identity-vigilance problems the protocol adapter found in the message itself (e.g.
+        PID and CDA disagree): any quarantines the exam.
+    modalities
+        Modality codes the report gives (the images' modalities are authoritative).
     """
 
     message_id: str
@@ -65,6 +70,8 @@ class ReportNotice:
     organisation_name: str | None = None
     exam_date: str | None = None
     region_codes: tuple[tuple[str, str, str], ...] = ()
+    problems: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ()
 
     @property
     def patient(self) -> PatientIdentity:
@@ -104,5 +111,9 @@ def notice_from_dict(data: dict[str, Any]) -> ReportNotice:
         organisation_id=data["organisation_id"],
         organisation_name=data["organisation_name"],
         exam_date=data["exam_date"],
-        region_codes=tuple(tuple(code) for code in data["region_codes"]),
+        region_codes=tuple(
+            (str(system), str(code), str(display)) for system, code, display in data["region_codes"]
+        ),
+        problems=tuple(data.get("problems", ())),
+        modalities=tuple(data.get("modalities", ())),
     )
