@@ -1,4 +1,4 @@
-"""The third-party ``dicomweb-client`` (its default parameters) against the served router."""
+"""The third-party ``dicomweb-client`` (default parameters) against the router and drimbox serve."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydicom import dcmread
 
 from drimbox.dicom.synthetic import SyntheticStudy, make_study
 from tests.dicomweb.conftest import DicomwebBox, part10_bytes
+from tests.fixtures.box import ServedBox
 
 STUDY = SyntheticStudy(seed="dwc", series_count=2, instances_per_series=2, rows=32, columns=32)
 
@@ -81,3 +82,19 @@ def test_rendered_resources(stored: DICOMwebClient) -> None:
     )
     png = stored.retrieve_instance_rendered(*uids, media_types=("image/png",))
     assert png.startswith(b"\x89PNG")
+
+
+def test_every_transaction_against_drimbox_serve(served_box: ServedBox) -> None:
+    client = DICOMwebClient(url=served_box.dicomweb_url)
+    client.store_instances(list(make_study(STUDY)))
+    assert len(client.search_for_studies(search_filters={"PatientID": STUDY.patient_id})) == 1
+    assert len(client.search_for_series(STUDY.study_instance_uid)) == 2
+    assert len(client.retrieve_study(STUDY.study_instance_uid)) == 4
+    metadata = client.retrieve_study_metadata(STUDY.study_instance_uid)
+    [pixel_data] = client.retrieve_bulkdata(metadata[0]["7FE00010"]["BulkDataURI"])
+    assert len(pixel_data) == 32 * 32 * 2
+    uids = (STUDY.study_instance_uid, STUDY.series_instance_uid(0), STUDY.sop_instance_uid(0, 0))
+    assert client.retrieve_instance_frames(*uids, frame_numbers=[1]) == [
+        make_study(STUDY).__next__().PixelData
+    ]
+    assert client.retrieve_instance_rendered(*uids).startswith(b"\xff\xd8")

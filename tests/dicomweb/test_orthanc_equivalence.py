@@ -121,7 +121,7 @@ def test_study_counts_agree_with_orthanc(peers: tuple[httpx.Client, httpx.Client
                     m["0020000D"]["Value"][0],
                     int(m["00201208"]["Value"][0]),
                     int(m["00201206"]["Value"][0]),
-                )  # fmt: skip
+                )
                 for m in matches
             )
         )
@@ -152,7 +152,7 @@ def test_orthanc_as_a_client_retrieves_from_the_box_over_dicomweb(
                 "Root": "/dicom-web/",
                 "Servers": {"box": [dicomweb_box.url]},
             }
-        }  # fmt: skip
+        }
     )
     with httpx.Client(base_url=orthanc.http_url, timeout=30) as rest:
         found = rest.post(
