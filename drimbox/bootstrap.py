@@ -1,9 +1,9 @@
 """The composition root.
 
 The only module that chooses adapters, builds services, sets library globals (pydicom,
-pynetdicom) and wires the DIMSE, HTTP and background workers together. Nothing is built at import
-time: :func:`build_box` turns a :class:`~drimbox.config.Settings` into a :class:`Box`, so several
-differently configured boxes can run in one process (tests do).
+pynetdicom) and wires the DIMSE, HL7, HTTP listeners and the background workers together.
+Nothing is built at import time: :func:`build_box` turns a :class:`~drimbox.config.Settings`
+into a :class:`Box`, so several differently configured boxes can run in one process (tests do).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import multiprocessing.process
 import signal
 import socket
 import threading
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -26,22 +28,34 @@ from dicomweb import create_dicomweb_router
 from drimbox.audit import FileAuditLog
 from drimbox.config import Settings
 from drimbox.dimse import configure_pynetdicom
+from drimbox.dimse.pacs import DimsePacs
 from drimbox.dimse.scp import DimseServer
+from drimbox.hl7.inbox import HL7Inbox, make_report_handler
+from drimbox.hl7.mllp import MllpServer
+from drimbox.hl7.reports import ReportWorker
 from drimbox.index import open_index
-from drimbox.ports import AuditLog, BlobStore, Index
+from drimbox.index.publications import SqlPublicationStore, open_publication_store
+from drimbox.ports import AuditLog, BlobStore, Index, Pacs
 from drimbox.services.ingest import IngestService
+from drimbox.services.iocm import RejectionHandler
+from drimbox.services.manifest_builder import KosManifestBuilder
+from drimbox.services.publication import PublicationService
+from drimbox.services.publisher import Publisher
 from drimbox.services.query import QueryService
 from drimbox.services.retrieve import RetrieveService
 from drimbox.services.stability import StabilityMonitor
 from drimbox.storage.filesystem import FilesystemBlobStore
 from drimbox.web.health import create_health_router
+from registry.client import RegistryClient
 from registry.service import create_registry_app
 
-__all__ = ["Box", "build_adapters", "build_box"]
+__all__ = ["Box", "build_adapters", "build_blob_store", "build_box", "run_dimse_receiver"]
 
 _log = logging.getLogger("drimbox.bootstrap")
 _HTTP_STARTUP_TIMEOUT = 15.0
 _MAX_QIDO_RESULTS = 1000
+_MAINTENANCE_INTERVAL = 30.0
+_UID_ROOT_FILE = "organization-uid-root"
 
 
 def build_blob_store(settings: Settings) -> BlobStore:
@@ -69,17 +83,54 @@ def build_adapters(settings: Settings) -> tuple[BlobStore, Index, AuditLog]:
     return blobs, index, audit
 
 
+def organization_uid_root(settings: Settings) -> str:
+    """The configured UID root, or one generated once (``2.25`` + a UUID) and kept on disk."""
+    if settings.organization_uid_root:
+        return settings.organization_uid_root
+    path = settings.data_dir / _UID_ROOT_FILE
+    if path.exists():
+        return path.read_text(encoding="ascii").strip()
+    root = f"2.25.{uuid.uuid4().int}"[:40].rstrip(".")
+    path.write_text(root + "\n", encoding="ascii")
+    return root
+
+
+class _Periodic:
+    """Calls a function every ``interval`` seconds in a daemon thread until stopped."""
+
+    def __init__(self, name: str, interval: float, function: Callable[[], object]) -> None:
+        self._name, self._interval, self._function = name, interval, function
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._function()
+            except Exception:  # a maintenance task must never kill its thread
+                _log.exception("maintenance.failed task=%s", self._name)
+
+
 @dataclass
 class Box:
-    """A wired box: adapters, services and listeners.
+    """A wired box: adapters, services, listeners and workers.
 
     Attributes
     ----------
     settings
-        The settings it was built from (ports updated once bound).
-    blobs, index, audit
+        The settings it was built from, with the bound ports.
+    blobs, index, audit, publications
         Adapters.
-    ingest, query, retrieve, stability
+    ingest, query, retrieve, stability, publication, publisher
         Services.
     app
         The HTTP application (DICOMweb at ``/dicom-web``, registry at ``/registry``).
@@ -89,38 +140,69 @@ class Box:
     blobs: BlobStore
     index: Index
     audit: AuditLog
+    publications: SqlPublicationStore
     ingest: IngestService
     query: QueryService
     retrieve: RetrieveService
     stability: StabilityMonitor
+    publication: PublicationService
+    publisher: Publisher
+    registry: RegistryClient
     app: FastAPI
-    dimse: DimseServer | None = None
-    dimse_port: int = 0
-    http_port: int = 0
+    dimse: DimseServer | None
+    mllp: MllpServer
+    hl7_worker: ReportWorker
+    http_listener: socket.socket
     _http_server: uvicorn.Server | None = None
     _http_thread: threading.Thread | None = None
     _receivers: list[multiprocessing.process.BaseProcess] = field(default_factory=list)
+    _maintenance: list[_Periodic] = field(default_factory=list)
+    _started: bool = False
+
+    @property
+    def dimse_port(self) -> int:
+        """The bound DIMSE port."""
+        return self.settings.dimse_port
+
+    @property
+    def http_port(self) -> int:
+        """The bound HTTP port."""
+        return self.settings.http_port
+
+    @property
+    def hl7_port(self) -> int:
+        """The bound HL7 MLLP port."""
+        return self.settings.hl7_port
 
     def start(self) -> None:
         """Start the listeners and workers; return once every listener accepts connections."""
+        self._start_http()
         if self.dimse is not None:
-            self.dimse_port = self.dimse.start()
+            self.dimse.start()
             self._start_receivers()
-        self.http_port = self._start_http()
-        self.settings = dataclasses.replace(
-            self.settings, dimse_port=self.dimse_port, http_port=self.http_port
-        )
+        self.mllp.start()
         self.stability.start()
+        self.publisher.start()
+        self.hl7_worker.start()
+        self._maintenance = [
+            _Periodic("drimbox-expiry", _MAINTENANCE_INTERVAL, self.publication.expire_waiting)
+        ]
+        for task in self._maintenance:
+            task.start()
+        self._started = True
         self.audit.record(
-            "box.start",
-            "success",
-            aet=self.settings.aet,
-            dimse_port=self.dimse_port,
-            http_port=self.http_port,
-        )
+            "box.start", "success", aet=self.settings.aet, dimse_port=self.dimse_port,
+            http_port=self.http_port, hl7_port=self.hl7_port,
+        )  # fmt: skip
 
     def stop(self) -> None:
         """Stop listeners and workers, then release the adapters. Idempotent."""
+        for task in self._maintenance:
+            task.stop()
+        self._maintenance.clear()
+        self.hl7_worker.stop()
+        self.mllp.stop()
+        self.publisher.stop()
         self.stability.stop()
         for process in self._receivers:
             process.terminate()
@@ -135,15 +217,13 @@ class Box:
             self._http_server.should_exit = True
             self._http_thread.join(timeout=10)
             self._http_server = None
+        self.http_listener.close()
+        self.registry.close()
+        self.publications.close()
         self.index.close()
         self.blobs.close()
 
-    def _start_http(self) -> int:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.settings.host, self.settings.http_port))
-        listener.set_inheritable(True)
-        port = int(listener.getsockname()[1])
+    def _start_http(self) -> None:
         config = uvicorn.Config(
             self.app,
             log_level="warning",
@@ -153,24 +233,25 @@ class Box:
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [listener]}, name="drimbox-http", daemon=True
+            target=server.run,
+            kwargs={"sockets": [self.http_listener]},
+            name="drimbox-http",
+            daemon=True,
         )
         thread.start()
         if not _wait(lambda: server.started, _HTTP_STARTUP_TIMEOUT):
-            raise RuntimeError(f"the HTTP server did not start on port {port}")
+            raise RuntimeError(f"the HTTP server did not start on port {self.http_port}")
         self._http_server, self._http_thread = server, thread
-        return port
 
     def _start_receivers(self) -> None:
         extra = self.settings.dimse_processes - 1
         if extra <= 0:
             return
-        child_settings = dataclasses.replace(self.settings, dimse_port=self.dimse_port)
         context = multiprocessing.get_context("spawn")
         for number in range(extra):
             process = context.Process(
                 target=run_dimse_receiver,
-                args=(child_settings,),
+                args=(self.settings,),
                 name=f"drimbox-dimse-{number + 1}",
                 daemon=True,
             )
@@ -178,7 +259,7 @@ class Box:
             self._receivers.append(process)
 
 
-def _wait(predicate: Any, timeout: float) -> bool:
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
     event = threading.Event()
     waited = 0.0
     while waited < timeout:
@@ -186,11 +267,28 @@ def _wait(predicate: Any, timeout: float) -> bool:
             return True
         event.wait(0.02)
         waited += 0.02
-    return bool(predicate())
+    return predicate()
+
+
+def _bind_http(settings: Settings) -> socket.socket:
+    listener = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((settings.host, settings.http_port))
+    listener.listen(1024)
+    return listener
+
+
+def _bind_port(settings: Settings, port: int) -> int:
+    """Resolve port 0 to a free port now, so URLs built from it are final."""
+    if port != 0:
+        return port
+    with socket.socket() as probe:
+        probe.bind((settings.host, 0))
+        return int(probe.getsockname()[1])
 
 
 def build_box(settings: Settings, *, dimse: bool = True) -> Box:
-    """Build a box from validated settings (nothing is started).
+    """Build a box from validated settings; its HTTP socket is bound, nothing is served yet.
 
     Parameters
     ----------
@@ -204,11 +302,48 @@ def build_box(settings: Settings, *, dimse: bool = True) -> Box:
     Box
     """
     configure_pynetdicom()
+    http_listener = _bind_http(settings)
+    settings = dataclasses.replace(
+        settings,
+        http_port=int(http_listener.getsockname()[1]),
+        dimse_port=_bind_port(settings, settings.dimse_port),
+        hl7_port=_bind_port(settings, settings.hl7_port),
+    )
     blobs, index, audit = build_adapters(settings)
+    publications = open_publication_store(settings.resolved_index_url)
     ingest = IngestService(blobs, index, audit, max_instance_bytes=settings.max_instance_bytes)
     query = QueryService(index, max_results=_MAX_QIDO_RESULTS)
     retrieve = RetrieveService(blobs, index, audit)
     stability = StabilityMonitor(index, quiet_seconds=settings.stability_seconds)
+    registry_url = settings.registry_url or f"http://127.0.0.1:{settings.http_port}/registry"
+    source_box_id = settings.source_box_id or settings.aet
+    registry = RegistryClient(registry_url, requester=source_box_id)
+    publisher = Publisher(publications, blobs, registry, audit)
+    publication = PublicationService(
+        index=index,
+        blobs=blobs,
+        store=publications,
+        audit=audit,
+        build_manifest=KosManifestBuilder(
+            public_base_url=settings.resolved_public_url,
+            organization_uid_root=organization_uid_root(settings),
+            institution_name=settings.institution_name,
+        ),
+        source_box_id=source_box_id,
+        wake_publisher=publisher.wake,
+        pacs=_pacs(settings),
+        production=settings.production,
+        images_timeout=timedelta(seconds=settings.images_timeout_seconds),
+    )
+    stability.subscribe(publication.on_study_stable)
+    ingest.subscribe(RejectionHandler(index, blobs, audit))
+    inbox = HL7Inbox(settings.data_dir / "hl7-inbox")
+    hl7_worker = ReportWorker(
+        inbox, publication.handle_report, audit, allow_test_oids=not settings.production
+    )
+    mllp = MllpServer(
+        settings.host, settings.hl7_port, make_report_handler(inbox, on_stored=hl7_worker.wake)
+    )
     app = _build_app(settings, query=query, retrieve=retrieve, ingest=ingest, index=index)
     server = (
         DimseServer(
@@ -229,13 +364,27 @@ def build_box(settings: Settings, *, dimse: bool = True) -> Box:
         blobs=blobs,
         index=index,
         audit=audit,
+        publications=publications,
         ingest=ingest,
         query=query,
         retrieve=retrieve,
         stability=stability,
+        publication=publication,
+        publisher=publisher,
+        registry=registry,
         app=app,
         dimse=server,
+        mllp=mllp,
+        hl7_worker=hl7_worker,
+        http_listener=http_listener,
     )
+
+
+def _pacs(settings: Settings) -> Pacs | None:
+    if not settings.pacs_aet:
+        return None
+    peer = next(peer for peer in settings.peers if peer.aet == settings.pacs_aet)
+    return DimsePacs(calling_aet=settings.aet, peer=peer)
 
 
 def _build_app(
@@ -280,7 +429,8 @@ def run_dimse_receiver(settings: Settings) -> None:
     """Entry point of an extra DIMSE receiver process sharing the listening port.
 
     It builds its own adapters (each process has its own database connections) and serves
-    C-ECHO/C-STORE until SIGTERM.
+    C-ECHO/C-STORE until SIGTERM. Instances it stores reach the main process's workers through
+    the shared index (stability is polled there).
     """
     configure_pynetdicom()
     blobs, index, audit = build_adapters(settings)

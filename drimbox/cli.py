@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from drimbox.config import Settings, load_settings
+from drimbox.config import Settings, is_loopback, load_settings
 from drimbox.errors import ConfigurationError, DrimboxError
 
 __all__ = ["app"]
@@ -163,19 +163,35 @@ def status(
     """Show what the box holds: patients, studies, series, instances, bytes stored."""
     settings = _settings(config, data_dir=data_dir)
     from drimbox.bootstrap import build_adapters
+    from drimbox.index.publications import open_publication_store
 
     blobs, index, _ = build_adapters(settings)
+    publications = open_publication_store(settings.resolved_index_url)
     try:
         stats = index.statistics()
+        exams = publications.exams()
+        pending_jobs = sum(1 for job in publications.jobs() if job.state.value == "pending")
     finally:
+        publications.close()
         index.close()
         blobs.close()
-    payload = {
+    states: dict[str, int] = {}
+    for exam in exams:
+        states[exam.state.value] = states.get(exam.state.value, 0) + 1
+    quarantined = [
+        {"study_instance_uid": exam.study_instance_uid, "reason": exam.reason}
+        for exam in exams
+        if exam.state.value in ("quarantined", "rejected", "images-timed-out")
+    ]
+    payload: dict[str, Any] = {
         "patients": stats.patients,
         "studies": stats.studies,
         "series": stats.series,
         "instances": stats.instances,
         "stored_bytes": stats.stored_bytes,
+        "publications": states,
+        "outbox_pending": pending_jobs,
+        "attention": quarantined,
     }
     if as_json:
         typer.echo(json.dumps(payload))
@@ -183,9 +199,15 @@ def status(
     table = Table(title="drimbox status")
     table.add_column("what")
     table.add_column("count", justify="right")
-    for name, value in payload.items():
-        table.add_row(name.replace("_", " "), f"{value:,}")
-    Console().print(table)
+    for name in ("patients", "studies", "series", "instances", "stored_bytes"):
+        table.add_row(name.replace("_", " "), f"{payload[name]:,}")
+    for state, count in sorted(states.items()):
+        table.add_row(f"exams {state}", f"{count:,}")
+    table.add_row("outbox jobs pending", f"{pending_jobs:,}")
+    out = Console()
+    out.print(table)
+    for item in quarantined:
+        out.print(f"[yellow]needs attention[/] {item['study_instance_uid']}: {item['reason']}")
 
 
 @app.command()
@@ -231,6 +253,82 @@ def verify(
         out.print("[green]consistent[/]" if report.consistent else "[red]inconsistent[/]")
     if not report.consistent:
         raise typer.Exit(code=1)
+
+
+@app.command()
+def publications(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the exams of the source workflow: state, version, registry entry, reason."""
+    settings = _settings(config, data_dir=data_dir)
+    from drimbox.index.publications import open_publication_store
+
+    store = open_publication_store(settings.resolved_index_url)
+    try:
+        exams = store.exams()
+        jobs = store.jobs()
+    finally:
+        store.close()
+    pending: dict[str, int] = {}
+    for job in jobs:
+        if job.state.value == "pending":
+            pending[job.study_instance_uid] = pending.get(job.study_instance_uid, 0) + 1
+    rows = [
+        {
+            "study_instance_uid": exam.study_instance_uid,
+            "state": exam.state.value,
+            "version": exam.version,
+            "kos_sop_instance_uid": exam.kos_sop_instance_uid,
+            "registry_entry_id": exam.registry_entry_id,
+            "pending_jobs": pending.get(exam.study_instance_uid, 0),
+            "reason": exam.reason,
+            "updated_at": exam.updated_at.isoformat(),
+        }
+        for exam in exams
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table(title="publications")
+    for column in ("study", "state", "version", "registry entry", "pending", "reason", "updated"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row["study_instance_uid"]),
+            str(row["state"]),
+            str(row["version"]),
+            str(row["registry_entry_id"] or ""),
+            str(row["pending_jobs"]),
+            str(row["reason"] or ""),
+            str(row["updated_at"])[:19],
+        )
+    Console(width=200).print(table)
+
+
+@registry_app.command("serve")
+def registry_serve(
+    http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8090,
+    host: Annotated[str, typer.Option(help="Address (loopback only for now).")] = "127.0.0.1",
+    database: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL of the store (default: registry.sqlite3 here)."),
+    ] = None,
+    audit: Annotated[Path | None, typer.Option(help="Audit trail file.")] = None,
+    production: Annotated[bool, typer.Option(help="Refuse test INS OIDs.")] = False,
+) -> None:
+    """Run the national registry standalone (FHIR base: http://HOST:PORT/registry)."""
+    if not is_loopback(host):
+        _console.print(
+            f"[bold red]configuration error:[/] refusing to listen on {host!r}: the registry "
+            "has no authentication yet; use 127.0.0.1 behind an authenticating proxy"
+        )
+        raise typer.Exit(code=2)
+    from registry.service.cli import serve_registry
+
+    url = database or f"sqlite:///{Path('registry.sqlite3').resolve()}"
+    serve_registry(host, http_port, url, production=production, audit_path=audit)
 
 
 @app.command()

@@ -41,7 +41,7 @@ from typing import Any
 
 from drimbox.errors import ConfigurationError
 
-__all__ = ["Peer", "Settings", "load_settings"]
+__all__ = ["Peer", "Settings", "is_loopback", "load_settings"]
 
 _ENV_PREFIX = "DRIMBOX_"
 _MAX_AE_TITLE_LENGTH = 16  # PS3.5 §6.2, VR AE
@@ -102,6 +102,18 @@ class Settings:
         FHIR base of the national registry; ``None`` means the embedded registry.
     production
         Production mode: refuses to start without TLS, an identity provider and real secrets.
+    organization_uid_root
+        UID root of the organisation, under which manifest UIDs are derived. Empty: a
+        ``2.25`` UUID-derived root is generated once and kept in the data directory.
+    institution_name
+        Institution named in manifests when the report names none.
+    source_box_id
+        This box's identifier in the registry (default: its AE title).
+    pacs_aet
+        AE title of the peer that is the site's PACS (studies missing when a report arrives are
+        fetched from it with C-FIND + C-MOVE); empty: none.
+    images_timeout_seconds
+        How long a report may wait for its study's images.
     """
 
     data_dir: Path = Path("drimbox-data")
@@ -125,6 +137,11 @@ class Settings:
     public_url: str = ""
     registry_url: str | None = None
     production: bool = False
+    organization_uid_root: str = ""
+    institution_name: str = "drimbox"
+    source_box_id: str = ""
+    pacs_aet: str = ""
+    images_timeout_seconds: float = 3600.0
 
     @property
     def resolved_index_url(self) -> str:
@@ -143,7 +160,7 @@ class Settings:
     @property
     def loopback_only(self) -> bool:
         """Whether every listener binds a loopback address."""
-        return _is_loopback(self.host)
+        return is_loopback(self.host)
 
     def validate(self) -> Settings:
         """Check the settings and return them; raise on any unsafe or invalid value.
@@ -191,6 +208,18 @@ class Settings:
             raise ConfigurationError("max_instance_bytes must be positive")
         if self.stability_seconds < 0:
             raise ConfigurationError("stability_seconds must not be negative")
+        if self.images_timeout_seconds <= 0:
+            raise ConfigurationError("images_timeout_seconds must be positive")
+        if self.organization_uid_root and not _is_uid_root(self.organization_uid_root):
+            raise ConfigurationError(
+                f"organization_uid_root {self.organization_uid_root!r} is not a UID root of at "
+                f"most {_MAX_UID_ROOT_LENGTH} characters (digits and dots, PS3.5 §9.1)"
+            )
+        if self.pacs_aet and self.pacs_aet not in {peer.aet for peer in self.peers}:
+            raise ConfigurationError(
+                f"pacs_aet {self.pacs_aet!r} is not a configured peer: add it to [[peers]] with "
+                "its host and port"
+            )
         return self
 
 
@@ -332,6 +361,17 @@ def _to_bool(value: Any) -> bool:
     raise ValueError(value)
 
 
+_MAX_UID_ROOT_LENGTH = 40
+"""Manifest UIDs are derived under the root with a suffix; 64 characters in all (PS3.5 §9.1)."""
+
+
+def _is_uid_root(root: str) -> bool:
+    parts = root.split(".")
+    return len(root) <= _MAX_UID_ROOT_LENGTH and all(
+        part.isdigit() and (part == "0" or not part.startswith("0")) for part in parts
+    )
+
+
 def _check_ae_title(aet: str, name: str) -> None:
     stripped = aet.strip(" ")
     if (
@@ -352,7 +392,8 @@ def _check_port(port: int, name: str, *, allow_zero: bool) -> None:
         raise ConfigurationError(f"{name} must be a TCP port between {low} and 65535, not {port}")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
     if host == "localhost":
         return True
     try:

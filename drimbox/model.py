@@ -259,6 +259,9 @@ class Exam:
         Registry id of the published manifest, if any.
     updated_at
         Last change.
+    referenced_digest
+        SHA-256 of the sorted SOP Instance UIDs the current manifest references: when the
+        study's instances change (late images, IOCM rejection), the manifest is rebuilt.
     """
 
     study_instance_uid: str
@@ -269,6 +272,7 @@ class Exam:
     kos_sop_instance_uid: str | None
     registry_entry_id: str | None
     updated_at: datetime
+    referenced_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,6 +132,16 @@ class Index(Protocol):
         """Remove an instance from the index (empty series/studies/patients go too)."""
         ...
 
+    def reject_instances(self, sop_instance_uids: Iterable[str]) -> int:
+        """Hide instances rejected by IOCM (PS3.4 / IHE RAD TF-2 IOCM); return how many.
+
+        A rejected instance is no longer returned by any query, locate, metadata or
+        get_instance, nor counted; its bytes stay until a retention policy removes them.
+        Unknown UIDs are ignored; rejecting twice is harmless. An instance received again
+        after its rejection stays rejected.
+        """
+        ...
+
     def statistics(self) -> IndexStatistics:
         """Return entity counts and the total stored bytes."""
         ...

@@ -16,6 +16,7 @@ The steps for one report (each audited, each idempotent):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -212,6 +213,7 @@ class PublicationService:
             kos_sop_instance_uid=kos_uid,
             registry_entry_id=exam.registry_entry_id if exam else None,
             updated_at=now,
+            referenced_digest=_digest(instances),
         )
         job = OutboxJob(
             job_id=0,
@@ -296,6 +298,7 @@ class PublicationService:
             kos_sop_instance_uid=exam.kos_sop_instance_uid if exam else None,
             registry_entry_id=exam.registry_entry_id if exam else None,
             updated_at=self._clock(),
+            referenced_digest=exam.referenced_digest if exam else None,
         )
         self._store.save_exam(settled)
         outcome = "waiting" if state is ExamState.WAITING_FOR_IMAGES else state.value
@@ -308,16 +311,17 @@ class PublicationService:
         return settled
 
     # ------------------------------------------------------------------ images
-    def on_study_stable(self, study_instance_uid: str) -> Exam | None:
-        """Continue an exam that was waiting for its images (StabilityMonitor subscriber)."""
+    def on_study_stable(self, study_instance_uid: str) -> None:
+        """StabilityMonitor subscriber: continue a waiting exam, or refresh a published one
+        whose instances changed (late images, IOCM rejection)."""
         with self._lock:
             exam = self._store.get_exam(study_instance_uid)
-            if exam is None or exam.state not in (
-                ExamState.WAITING_FOR_IMAGES,
-                ExamState.IMAGES_TIMED_OUT,
-            ):
-                return None
-            return self._publish(notice_from_dict(exam.report), exam, fetch=False)
+            if exam is None:
+                return
+            if exam.state in (ExamState.WAITING_FOR_IMAGES, ExamState.IMAGES_TIMED_OUT):
+                self._publish(notice_from_dict(exam.report), exam, fetch=False)
+            else:
+                self._refresh(exam)
 
     def expire_waiting(self) -> list[str]:
         """Mark exams that waited longer than the time-out; return their StudyInstanceUIDs."""
@@ -344,16 +348,23 @@ class PublicationService:
         """Rebuild (or withdraw) the manifest after IOCM rejected some of the study's instances."""
         with self._lock:
             exam = self._store.get_exam(study_instance_uid)
-            if exam is None or exam.kos_sop_instance_uid is None:
-                return exam
-            if exam.state in (ExamState.DEPUBLISHED, ExamState.QUARANTINED):
-                return exam
-            instances = self._referenceable(study_instance_uid)
-            if not instances:
-                return self._queue_delete(exam, exam.report, "every image was rejected (IOCM)")
-            notice = notice_from_dict(exam.report)
-            study = self._study_attributes(study_instance_uid)
-            return self._queue_manifest(notice, exam, exam.report, instances, study)
+            return None if exam is None else self._refresh(exam)
+
+    def _refresh(self, exam: Exam) -> Exam:
+        """Replace the manifest if the study's instances changed since it was built."""
+        if exam.kos_sop_instance_uid is None or exam.state not in (
+            ExamState.QUEUED,
+            ExamState.PUBLISHED,
+        ):
+            return exam
+        instances = self._referenceable(exam.study_instance_uid)
+        if _digest(instances) == exam.referenced_digest:
+            return exam
+        if not instances:
+            return self._queue_delete(exam, exam.report, "every image was rejected (IOCM)")
+        notice = notice_from_dict(exam.report)
+        study = self._study_attributes(exam.study_instance_uid)
+        return self._queue_manifest(notice, exam, exam.report, instances, study)
 
     def _referenceable(self, study_instance_uid: str) -> list[InstanceLocation]:
         return [
@@ -413,6 +424,11 @@ class PublicationService:
             _log.warning(
                 "publication.pacs_failed study=%s error=%s", notice.study_instance_uid, error
             )
+
+
+def _digest(instances: list[InstanceLocation]) -> str:
+    uids = sorted(location.sop_instance_uid for location in instances)
+    return hashlib.sha256("\\".join(uids).encode()).hexdigest()
 
 
 def _values(dataset: dict[str, Any], tag: str) -> list[str]:

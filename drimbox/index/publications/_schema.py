@@ -19,6 +19,7 @@ exams = sa.Table(
     sa.Column("kos_sop_instance_uid", sa.String(64)),
     sa.Column("registry_entry_id", sa.String(128)),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("referenced_digest", sa.String(64)),
 )
 
 outbox = sa.Table(

@@ -200,6 +200,7 @@ def _upsert_exam(connection: sa.Connection, exam: Exam) -> None:
         "kos_sop_instance_uid": exam.kos_sop_instance_uid,
         "registry_entry_id": exam.registry_entry_id,
         "updated_at": exam.updated_at,
+        "referenced_digest": exam.referenced_digest,
     }
     updated = connection.execute(
         exams.update().where(exams.c.study_instance_uid == exam.study_instance_uid).values(values)
@@ -242,6 +243,7 @@ def _exam(row: Any) -> Exam:
         kos_sop_instance_uid=row["kos_sop_instance_uid"],
         registry_entry_id=row["registry_entry_id"],
         updated_at=_utc(row["updated_at"]),
+        referenced_digest=row["referenced_digest"],
     )
 
 
