@@ -15,10 +15,13 @@ element's tag as 8 upper-case hex digits, prefixed for an element nested in sequ
 
 from __future__ import annotations
 
+import base64
+import struct
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.valuerep import PersonName
 
 from drimbox.dicom.attributes import INDEXED_ATTRIBUTES
 from drimbox.dicom.part10 import PixelDataElement
@@ -90,18 +93,11 @@ def instance_metadata(
     DicomJson
         Keys are upper-case 8-hex-digit tags in ascending order.
     """
-    paths: dict[int, str] = {}
-    _collect_paths(dataset, "", paths)
-
-    def bulk_data_element_handler(element: DataElement) -> str:
-        path = paths.get(id(element), f"{int(element.tag):08X}")
-        return bulk_data_uri(study_instance_uid, series_instance_uid, sop_instance_uid, path)
-
-    document: DicomJson = dataset.to_json_dict(
-        bulk_data_threshold=BULK_DATA_THRESHOLD,
-        bulk_data_element_handler=bulk_data_element_handler,
-        suppress_invalid_tags=True,
-    )
+    base = bulk_data_uri(study_instance_uid, series_instance_uid, sop_instance_uid, "")
+    try:
+        document = _FastEncoder(base).dataset(dataset, "", _codec(dataset, "latin_1"))
+    except _UnsupportedError:  # e.g. ISO 2022 character sets: let pydicom do all of it
+        document = _pydicom_json(dataset, base)
     if pixel_data is not None:
         tag = f"{pixel_data.tag:08X}"
         document[tag] = {
@@ -111,6 +107,21 @@ def instance_metadata(
             ),
         }
     return dict(sorted(document.items()))
+
+
+def _pydicom_json(dataset: Dataset, base: str) -> DicomJson:
+    paths: dict[int, str] = {}
+    _collect_paths(dataset, "", paths)
+
+    def bulk_data_element_handler(element: DataElement) -> str:
+        return base + paths.get(id(element), f"{int(element.tag):08X}")
+
+    document: DicomJson = dataset.to_json_dict(
+        bulk_data_threshold=BULK_DATA_THRESHOLD,
+        bulk_data_element_handler=bulk_data_element_handler,
+        suppress_invalid_tags=True,
+    )
+    return document
 
 
 def _collect_paths(dataset: Dataset, prefix: str, paths: dict[int, str]) -> None:
@@ -127,13 +138,13 @@ def _collect_paths(dataset: Dataset, prefix: str, paths: dict[int, str]) -> None
                 _collect_paths(item, f"{path}/{index}/", paths)
 
 
-def indexed_attribute_values(dataset: Dataset) -> dict[str, str | None]:
+def indexed_attribute_values(metadata: DicomJson) -> dict[str, str | None]:
     """Return every indexed attribute (:data:`INDEXED_ATTRIBUTES`) in its DICOM string form.
 
     Parameters
     ----------
-    dataset
-        The parsed data set.
+    metadata
+        The instance's DICOM JSON (:func:`instance_metadata`).
 
     Returns
     -------
@@ -143,26 +154,150 @@ def indexed_attribute_values(dataset: Dataset) -> dict[str, str | None]:
         multiple values joined with ``\\``).
     """
     values: dict[str, str | None] = {}
-    for keywords in INDEXED_ATTRIBUTES.values():
-        for keyword in keywords:
-            values[keyword] = _string_form(dataset, keyword)
+    for keyword, tag in _INDEXED_TAGS:
+        element = metadata.get(tag)
+        if element is None:
+            values[keyword] = None
+        else:
+            values[keyword] = _VALUE_SEPARATOR.join(map(_text, element.get("Value", ())))
     return values
 
 
-def _string_form(dataset: Dataset, keyword: str) -> str | None:
-    if keyword not in dataset:
-        return None
-    value = dataset[keyword].value
+def _text(value: object) -> str:
     if value is None:
         return ""
-    if isinstance(value, MultiValue | list | tuple):
-        return _VALUE_SEPARATOR.join(_one_value(v) for v in value)
-    return _one_value(value)
-
-
-def _one_value(value: object) -> str:
-    if isinstance(value, PersonName):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.decode("ascii", errors="replace")
+    if isinstance(value, dict):  # PN (PS3.18 §F.2.2)
+        groups = [value.get(g, "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
+        while groups and not groups[-1]:
+            groups.pop()
+        return "=".join(groups)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)
+
+
+_INDEXED_TAGS = tuple(
+    (keyword, f"{tag_for_keyword(keyword):08X}")
+    for keywords in INDEXED_ATTRIBUTES.values()
+    for keyword in keywords
+)
+
+
+# -- DICOM JSON straight from the encoded values ------------------------------------------------
+#
+# pydicom's ``to_json_dict`` converts every element through its value classes (about 25 µs an
+# element here), which made the metadata the costliest step of ingest. The encoder below builds
+# the same JSON (checked against pydicom in tests/unit/test_metadata.py) from the raw values for
+# the common VRs and character sets, and hands anything else to pydicom, element by element.
+
+_CODECS = {"": "latin_1", "ISO_IR 6": "latin_1", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
+_PADDING = "\x00 "
+_ASCII_STRING_VRS = frozenset({"AS", "CS", "DA", "DT", "TM", "UI"})
+_TEXT_VRS = frozenset({"LO", "SH"})
+_SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
+_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
+_NUMBER_FORMATS.update({"UV": "Q", "SV": "q"})
+_FAST_VRS = _ASCII_STRING_VRS | _TEXT_VRS | _SINGLE_TEXT_VRS | _BINARY_VRS | set(_NUMBER_FORMATS)
+_FAST_VRS |= {"IS", "DS", "PN"}
+_INLINE_LIMIT = (BULK_DATA_THRESHOLD // 4) * 3  # pydicom's rule: base64 adds a third
+_SPECIFIC_CHARACTER_SET = 0x00080005
+
+
+class _UnsupportedError(Exception):
+    """The fast encoder cannot represent this data set; pydicom takes over."""
+
+
+def _dictionary_vr(tag: int) -> str:
+    """The VR of an implicit VR element (``UN`` when unknown or ambiguous: pydicom decides)."""
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+def _codec(dataset: Dataset, inherited: str) -> str:
+    if _SPECIFIC_CHARACTER_SET not in dataset:
+        return inherited
+    raw = dataset.get_item(_SPECIFIC_CHARACTER_SET).value
+    text = raw.decode("latin_1") if isinstance(raw, bytes) else str(raw or "")
+    codec = _CODECS.get(text.strip(_PADDING))
+    if codec is None:
+        raise _UnsupportedError(text)
+    return codec
+
+
+class _FastEncoder:
+    def __init__(self, base: str) -> None:
+        self._base = base
+
+    def dataset(self, dataset: Dataset, prefix: str, codec: str) -> DicomJson:
+        document: DicomJson = {}
+        for tag, element in dataset.items():
+            path = f"{prefix}{int(tag):08X}"
+            document[path[-8:]] = self._element(dataset, element, path, codec)
+        return document
+
+    def _element(self, dataset: Dataset, element: Any, path: str, codec: str) -> DicomJson:
+        vr = element.VR or _dictionary_vr(element.tag)
+        value = element.value
+        if vr == "SQ":
+            sequence = dataset[element.tag].value  # parsed by pydicom (nested raw items)
+            items = [
+                self.dataset(item, f"{path}/{number}/", _codec(item, codec))
+                for number, item in enumerate(sequence)
+            ]
+            return {"vr": "SQ", "Value": items}
+        if vr not in _FAST_VRS or not isinstance(value, bytes | None):
+            return self._pydicom_element(dataset, element, path)
+        raw = value or b""
+        try:
+            values = self._values(vr, raw, codec, element.is_little_endian, path)
+        except (_UnsupportedError, ValueError, UnicodeDecodeError, struct.error):
+            return self._pydicom_element(dataset, element, path)
+        return values
+
+    def _values(self, vr: str, raw: bytes, codec: str, little_endian: bool, path: str) -> DicomJson:
+        if vr in _BINARY_VRS:
+            if not raw:
+                return {"vr": vr}
+            if len(raw) > _INLINE_LIMIT:
+                return {"vr": vr, "BulkDataURI": self._base + path}
+            return {"vr": vr, "InlineBinary": base64.b64encode(raw).decode("ascii")}
+        if vr in _NUMBER_FORMATS:
+            code = _NUMBER_FORMATS[vr]
+            size = struct.calcsize(code)
+            if len(raw) % size:
+                raise _UnsupportedError(vr)
+            numbers = struct.unpack(f"{'<' if little_endian else '>'}{len(raw) // size}{code}", raw)
+            if vr in ("FL", "FD"):
+                return {"vr": vr, "Value": [float(n) for n in numbers]} if numbers else {"vr": vr}
+            return {"vr": vr, "Value": list(numbers)} if numbers else {"vr": vr}
+        if vr in _SINGLE_TEXT_VRS:
+            text = raw.decode(codec).rstrip(_PADDING)
+            return {"vr": vr, "Value": [text]} if text else {"vr": vr}
+        if vr in _TEXT_VRS:
+            parts = [part.decode(codec).rstrip(_PADDING) for part in raw.split(b"\\")]
+            return {"vr": vr, "Value": parts} if parts != [""] else {"vr": vr}
+        text = raw.decode("latin_1" if vr != "PN" else codec).rstrip(_PADDING)
+        if not text:
+            return {"vr": vr}
+        parts = text.split("\\")
+        if vr in _ASCII_STRING_VRS:
+            return {"vr": vr, "Value": parts}
+        if vr == "IS":
+            return {"vr": vr, "Value": [int(part) for part in parts]}
+        if vr == "DS":
+            return {"vr": vr, "Value": [float(part) for part in parts]}
+        if vr == "PN" and "=" not in text:
+            return {"vr": vr, "Value": [{"Alphabetic": part} for part in parts]}
+        raise _UnsupportedError(vr)
+
+    def _pydicom_element(self, dataset: Dataset, element: Any, path: str) -> DicomJson:
+        converted = dataset[element.tag]  # converts (and keeps) the element
+
+        def handler(_: DataElement) -> str:
+            return self._base + path
+
+        result: DicomJson = converted.to_json_dict(handler, BULK_DATA_THRESHOLD)
+        return result

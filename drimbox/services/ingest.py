@@ -306,7 +306,7 @@ class IngestService:
             sop_instance_uid=identity.sop_instance_uid,
             pixel_data=pixel,
         )
-        attributes = indexed_attribute_values(header.dataset)
+        attributes = indexed_attribute_values(metadata)
         try:
             blob = self._blobs.put(chunks())
         except Exception as error:
