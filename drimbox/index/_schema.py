@@ -3,6 +3,7 @@
 One table per level (patients, studies, series, instances) with surrogate integer keys; every
 attribute of :data:`drimbox.dicom.attributes.INDEXED_ATTRIBUTES` is a column named by its
 keyword; PN attributes also have an upper-cased (``_ci``) and a fuzzy (``_fuzzy``) column.
+Instances rejected by IOCM leave the level tables for ``rejected_instances``.
 Counters (``number_of_*``) and the study's modality / SOP class lists are maintained by
 ``add_instance`` and ``remove_instance`` so that listings need no aggregation.
 """
@@ -22,6 +23,7 @@ __all__ = [
     "instances",
     "metadata",
     "patients",
+    "rejected_instances",
     "series",
     "studies",
     "text_type",
@@ -120,6 +122,19 @@ instances = sa.Table(
     sa.UniqueConstraint("SOPInstanceUID", name="uq_instances_uid"),
 )
 sa.Index("ix_instances_series", instances.c.series_pk)
+
+rejected_instances = sa.Table(
+    "rejected_instances",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("SOPInstanceUID", text_type(), nullable=False),
+    sa.Column("StudyInstanceUID", text_type()),
+    sa.Column("blob_key", text_type()),
+    sa.Column("blob_size", sa.BigInteger),
+    sa.Column("rejected_at", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("SOPInstanceUID", name="uq_rejected_instances_uid"),
+)
+"""Instances rejected by IOCM: hidden for good, their bytes kept until retention removes them."""
 
 LEVEL_TABLES: dict[Level, sa.Table] = {
     Level.PATIENT: patients,

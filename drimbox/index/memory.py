@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -78,11 +78,15 @@ class MemoryIndex:
         self._series: dict[str, _Node] = {}
         self._instances: dict[str, _Node] = {}
         self._seen_revisions: dict[str, int] = {}
+        self._rejected: dict[str, str | None] = {}
+        """Tombstones of instances rejected by IOCM: SOP Instance UID to blob key."""
 
     def add_instance(self, record: InstanceRecord) -> AddOutcome:
         """Index a new instance; ``DUPLICATE`` if its SOP Instance UID is held."""
         with self._lock:
-            if record.sop_instance_uid in self._instances:
+            if record.sop_instance_uid in self._instances or (
+                record.sop_instance_uid in self._rejected
+            ):
                 return AddOutcome.DUPLICATE
             received_at = microseconds(record.received_at)
             patient_values = level_values(record, Level.PATIENT)
@@ -99,11 +103,10 @@ class MemoryIndex:
                 self._studies[record.study_instance_uid] = study
                 patient.children[record.study_instance_uid] = study
             else:
-                # Like the SQL adapter: the record's own patient (if held) gets its empty
-                # attributes filled, but the study stays with the patient it was indexed under.
-                held_patient = self._patients.get(key)
-                if held_patient is not None:
-                    held_patient.fill(patient_values)
+                # The instance goes under the parents already indexed, and fills their
+                # empty attributes (as in the SQL adapter).
+                assert study.parent is not None
+                study.parent.fill(patient_values)
                 study.fill(level_values(record, Level.STUDY))
             series_values = level_values(record, Level.SERIES)
             series_values["series_number_order"] = integer_order(series_values["SeriesNumber"])
@@ -317,6 +320,23 @@ class MemoryIndex:
                 parent = parent.parent
             return instance.location
 
+    def reject_instances(self, sop_instance_uids: Iterable[str]) -> int:
+        """Hide instances rejected by IOCM for good; return how many were indexed."""
+        hidden = 0
+        with self._lock:
+            for sop_instance_uid in dict.fromkeys(sop_instance_uids):
+                location = self.remove_instance(sop_instance_uid)
+                if sop_instance_uid not in self._rejected or location is not None:
+                    self._rejected[sop_instance_uid] = location.blob.key if location else None
+                if location is None:
+                    continue
+                hidden += 1
+                study = self._studies.get(location.study_instance_uid)
+                if study is not None:
+                    study.stable = False
+                    study.revision += 1
+        return hidden
+
     def statistics(self) -> IndexStatistics:
         """Return entity counts and the total stored bytes."""
         with self._lock:
@@ -334,6 +354,7 @@ class MemoryIndex:
         """Yield the blob key of every indexed instance."""
         with self._lock:
             keys = [n.location.blob.key for n in self._instances.values() if n.location]
+            keys.extend(key for key in self._rejected.values() if key is not None)
         yield from keys
 
     def unstable_studies(self, quiet_since: datetime) -> list[str]:

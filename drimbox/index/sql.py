@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -34,12 +34,14 @@ from drimbox.index._records import (
     metadata_text,
     microseconds,
 )
-from drimbox.index._schema import instances, patients, series, studies
+from drimbox.index._schema import instances, patients, rejected_instances, series, studies
 from drimbox.index._sqlsearch import build_search, parent_joins
 from drimbox.index._sqlwrite import (
     AnyRow,
     DuplicateInstanceError,
+    ReparentError,
     add_instance_in,
+    reject_instances_in,
     remove_instance_in,
 )
 from drimbox.model import (
@@ -54,10 +56,13 @@ from drimbox.model import (
     StoredBlob,
 )
 
-__all__ = ["METADATA_BATCH", "WRITE_ATTEMPTS", "SqlIndex"]
+__all__ = ["METADATA_BATCH", "REPARENT_ATTEMPTS", "WRITE_ATTEMPTS", "SqlIndex"]
 
 WRITE_ATTEMPTS = 5
 """Attempts of a write transaction aborted by a deadlock, serialization failure or busy file."""
+
+REPARENT_ATTEMPTS = 3
+"""Attempts of an add whose series or study turned out to have other parents."""
 
 METADATA_BATCH = 256
 """Instances whose metadata is read per query while streaming a study's metadata."""
@@ -168,14 +173,6 @@ class SqlIndex:
 
     def add_instance(self, record: InstanceRecord) -> AddOutcome:
         """Index a new instance atomically; ``DUPLICATE`` if its SOP Instance UID is held."""
-        with self._guard(), self._read() as connection:
-            held = connection.execute(
-                sa.select(instances.c.id).where(
-                    instances.c.SOPInstanceUID == record.sop_instance_uid
-                )
-            ).first()
-        if held is not None:
-            return AddOutcome.DUPLICATE
         values = {
             level: level_values(record, level)
             for level in (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
@@ -195,10 +192,18 @@ class SqlIndex:
         values[Level.SERIES]["series_number_order"] = integer_order(
             values[Level.SERIES]["SeriesNumber"]
         )
-        try:
-            return self._write(lambda connection: add_instance_in(connection, values))
-        except DuplicateInstanceError:
-            return AddOutcome.DUPLICATE
+        for _ in range(REPARENT_ATTEMPTS):
+            try:
+                return self._write(lambda connection: add_instance_in(connection, values))
+            except DuplicateInstanceError:
+                return AddOutcome.DUPLICATE
+            except ReparentError as moved:
+                values[Level.STUDY]["StudyInstanceUID"] = moved.parents["StudyInstanceUID"]
+                values[Level.PATIENT].update(
+                    PatientID=moved.parents["PatientID"],
+                    IssuerOfPatientID=moved.parents["IssuerOfPatientID"],
+                )
+        raise IndexUnavailableError("the instance's series kept moving between studies")
 
     def get_instance(self, sop_instance_uid: str) -> InstanceLocation | None:
         """Return where an instance is stored, or ``None``."""
@@ -297,6 +302,18 @@ class SqlIndex:
         )
         return None if row is None else location_of(row)
 
+    def reject_instances(self, sop_instance_uids: Iterable[str]) -> int:
+        """Hide instances rejected by IOCM for good; return how many were indexed.
+
+        Every UID gets a tombstone, so an instance rejected before it arrives stays out too.
+        Studies that lost instances become unstable (their manifest is then rebuilt).
+        """
+        uids = list(sop_instance_uids)
+        now = microseconds(datetime.now(UTC))
+        return self._write(
+            lambda connection: reject_instances_in(connection, uids, LOCATION_COLUMNS, now)
+        )
+
     def statistics(self) -> IndexStatistics:
         """Return entity counts and the total stored bytes."""
         count = sa.func.count
@@ -312,13 +329,17 @@ class SqlIndex:
         return IndexStatistics(*(int(value) for value in row))
 
     def blob_keys(self) -> Iterator[str]:
-        """Yield the blob key of every indexed instance (in batches, by insertion order)."""
+        """Yield the blob key of every indexed or rejected instance (bytes still to keep)."""
+        yield from self._keys_of(instances)
+        yield from self._keys_of(rejected_instances)
+
+    def _keys_of(self, table: sa.Table) -> Iterator[str]:
         last = 0
         while True:
             statement = (
-                sa.select(instances.c.id, instances.c.blob_key)
-                .where(instances.c.id > last)
-                .order_by(instances.c.id)
+                sa.select(table.c.id, table.c.blob_key)
+                .where(table.c.id > last, table.c.blob_key.is_not(None))
+                .order_by(table.c.id)
                 .limit(METADATA_BATCH * 4)
             )
             with self._guard(), self._read() as connection:

@@ -481,6 +481,38 @@ def test_removing_the_last_instances_removes_empty_parents(three_studies: Index)
     assert values_of(patient, PATIENT_RELATED_STUDIES) == [2]
 
 
+def test_rejected_instances_disappear_but_their_bytes_are_kept(three_studies: Index) -> None:
+    index = three_studies
+    assert index.reject_instances(["1.1.3.2.1", "9.9.9.9"]) == 1
+    assert index.get_instance("1.1.3.2.1") is None
+    assert [x.sop_instance_uid for x in index.locate("1.1.3")] == ["1.1.3.1.1"]
+    assert len(list(index.metadata_documents("1.1.3"))) == 1
+    assert uids(index, Level.SERIES, StudyInstanceUID="1.1.3") == ["1.1.3.1"]
+    assert uids(index, Level.STUDY, ModalitiesInStudy="SR") == []
+    assert index.statistics() == index.statistics().__class__(2, 3, 3, 3, 300)
+    assert "blob-1.1.3.2.1" in set(index.blob_keys())
+    assert index.reject_instances(["1.1.3.2.1"]) == 0
+
+
+def test_rejected_instances_stay_rejected_when_received_again(index: Index) -> None:
+    index.add_instance(record("1.2.3.1.1"))
+    assert index.reject_instances(["1.2.3.1.1", "1.2.3.1.2"]) == 1
+    assert index.add_instance(record("1.2.3.1.1")) is AddOutcome.DUPLICATE
+    assert index.add_instance(record("1.2.3.1.2")) is AddOutcome.DUPLICATE
+    assert index.statistics().instances == 0
+    assert index.search(Query(level=Level.STUDY)).matches == []
+
+
+def test_a_study_losing_rejected_instances_becomes_unstable(index: Index) -> None:
+    index.add_instance(record("1.2.3.1.1"))
+    index.add_instance(record("1.2.3.1.2"))
+    later = T0 + timedelta(seconds=1)
+    assert index.unstable_studies(later) == ["1.2.3"]
+    assert index.mark_stable("1.2.3") is True
+    index.reject_instances(["1.2.3.1.2"])
+    assert index.unstable_studies(later) == ["1.2.3"]
+
+
 def test_statistics_count_entities_and_stored_bytes(three_studies: Index) -> None:
     statistics = three_studies.statistics()
     assert (statistics.patients, statistics.studies, statistics.series) == (2, 3, 4)

@@ -40,7 +40,7 @@ def test_concurrent_first_opens_migrate_once_and_match_the_schema(postgres_url: 
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), metadata) == []
         assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [
-            ("0001",)
+            ("0002",)
         ]
     engine.dispose()
 

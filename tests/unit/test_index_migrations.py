@@ -29,7 +29,7 @@ def test_migrated_schema_is_exactly_the_schema_the_code_uses(tmp_path: Path) -> 
         version = connection.exec_driver_sql("SELECT version_num FROM alembic_version").all()
     engine.dispose()
     assert differences == []
-    assert version == [("0001",)]
+    assert version == [("0002",)]
 
 
 def test_concurrent_first_opens_migrate_the_database_once(tmp_path: Path) -> None:
