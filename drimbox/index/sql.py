@@ -8,7 +8,10 @@ Patient, study and series attributes: the first non-empty value wins (a later in
 attributes still empty). An instance whose series already belongs to another study (or whose
 study belongs to another patient) is indexed under the existing parents.
 
-Stability: each add bumps the study's ``revision`` and clears ``stable``;
+IOCM rejection (:meth:`SqlIndex.reject_instances`) moves instances out of the level tables to
+tombstones that keep their blob keys: hidden from every read, refused if received again.
+
+Stability: each add (and each rejection) bumps the study's ``revision`` and clears ``stable``;
 :meth:`SqlIndex.unstable_studies` remembers the revisions it saw, and
 :meth:`SqlIndex.mark_stable` is a compare-and-set on that revision.
 """
