@@ -373,6 +373,17 @@ def test_higher_level_filters_restrict_lower_level_queries(three_studies: Index)
     assert uids(three_studies, Level.IMAGE, SeriesInstanceUID="1.1.3.1") == ["1.1.3.1.1"]
 
 
+def test_patient_queries_match_on_their_studies_attributes(three_studies: Index) -> None:
+    def patients(**filters: str) -> list[str]:
+        result = three_studies.search(Query(level=Level.PATIENT, filters=filters))
+        return [m[PATIENT_ID]["Value"][0] for m in result.matches]
+
+    assert patients() == ["P1", "p2"]
+    assert patients(StudyDate="20240301-") == ["p2"]
+    assert patients(Modality="MR") == ["P1"]
+    assert patients(PatientName="MARTIN*") == ["p2"]
+
+
 def test_modalities_in_study_matches_studies_with_such_a_series(three_studies: Index) -> None:
     assert uids(three_studies, Level.STUDY, ModalitiesInStudy="SR") == ["1.1.3"]
     assert uids(three_studies, Level.STUDY, ModalitiesInStudy="MR\\SR") == ["1.1.3", "1.1.2"]
