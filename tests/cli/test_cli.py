@@ -13,9 +13,9 @@ from tests.fixtures.box import ServedBox
 _DRIMBOX = str(Path(sys.executable).parent / "drimbox")
 
 
-def _run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [_DRIMBOX, *args], capture_output=True, text=True, timeout=60, check=False, **kwargs
+        [_DRIMBOX, *args], capture_output=True, text=True, timeout=60, check=False, env=env
     )
 
 
