@@ -23,6 +23,15 @@ def _public_modules() -> list[str]:
     return sorted(names)
 
 
+def _isort_key(name: str) -> tuple[int, str]:
+    """ruff RUF022's "isort-style" order: CONSTANTS, then Classes, then functions."""
+    if name.isupper():
+        return (0, name)
+    if name[:1].isupper():
+        return (1, name)
+    return (2, name)
+
+
 @pytest.mark.parametrize("module_name", _public_modules())
 def test_module_all_is_sorted_and_defined(module_name: str) -> None:
     module = importlib.import_module(module_name)
@@ -36,6 +45,8 @@ def test_module_all_is_sorted_and_defined(module_name: str) -> None:
             and getattr(vars(module)[n], "__module__", None) == module_name
         ], f"{module_name} defines public callables but no __all__"
         return
-    assert list(exported) == sorted(exported), f"{module_name}.__all__ is not sorted"
+    assert list(exported) == sorted(exported, key=_isort_key), (
+        f"{module_name}.__all__ is not sorted (ruff RUF022 order)"
+    )
     missing = [name for name in exported if not hasattr(module, name)]
     assert not missing, f"{module_name}.__all__ names undefined {missing}"

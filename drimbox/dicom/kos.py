@@ -31,11 +31,11 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from drimbox.errors import FailureReason, InvalidInstanceError, UnreadableInstanceError
 from drimbox.identity import PatientIdentity
 
-__all__ = [  # noqa: RUF022 (plain sorted(), as tests/test_public_api.py checks)
-    "CodedConcept",
+__all__ = [
     "KEY_OBJECT_SELECTION_DOCUMENT_STORAGE",
-    "KeyObjectDocument",
     "MANIFEST_TITLE",
+    "CodedConcept",
+    "KeyObjectDocument",
     "ManifestRequest",
     "ManifestSeries",
     "ManifestUIDs",

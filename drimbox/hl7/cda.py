@@ -20,11 +20,11 @@ from lxml import etree
 from drimbox.hl7.errors import InvalidDocumentError
 from drimbox.identity import INS_OIDS, PatientIdentity
 
-__all__ = [  # noqa: RUF022 (plain sorted(), as tests/test_public_api.py checks)
+__all__ = [
     "CDA_NAMESPACE",
+    "DEFAULT_MAX_DOCUMENT_SIZE",
     "ClinicalDocument",
     "Code",
-    "DEFAULT_MAX_DOCUMENT_SIZE",
     "InstanceIdentifier",
     "OrderReference",
     "Participant",

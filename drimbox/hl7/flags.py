@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = [  # noqa: RUF022 (plain sorted(), as tests/test_public_api.py checks)
-    "DmpFlag",
+__all__ = [
     "FLAG_CODING_SYSTEM",
+    "DmpFlag",
     "ReportFlags",
 ]
 

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from drimbox.hl7.er7 import build_ack, read_header
 from drimbox.hl7.errors import AcknowledgmentCode, ErrorCode
 
-__all__ = [  # noqa: RUF022 (plain sorted(), as tests/test_public_api.py checks)
+__all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "END_BLOCK",
-    "MllpServer",
     "START_BLOCK",
+    "MllpServer",
     "frame",
     "send_message",
 ]
