@@ -318,7 +318,14 @@ def build_box(settings: Settings, *, dimse: bool = True) -> Box:
     registry_url = settings.registry_url or f"http://127.0.0.1:{settings.http_port}/registry"
     source_box_id = settings.source_box_id or settings.aet
     registry = RegistryClient(registry_url, requester=source_box_id)
-    publisher = Publisher(publications, blobs, registry, audit)
+    publisher = Publisher(
+        publications,
+        blobs,
+        registry,
+        audit,
+        base_delay=settings.publish_base_delay,
+        max_delay=settings.publish_max_delay,
+    )
     publication = PublicationService(
         index=index,
         blobs=blobs,

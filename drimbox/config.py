@@ -114,6 +114,9 @@ class Settings:
         fetched from it with C-FIND + C-MOVE); empty: none.
     images_timeout_seconds
         How long a report may wait for its study's images.
+    publish_base_delay, publish_max_delay
+        Bounds in seconds of the outbox publisher's exponential backoff while the registry is
+        unavailable (first retry delay, largest delay).
     """
 
     data_dir: Path = Path("drimbox-data")
@@ -142,6 +145,8 @@ class Settings:
     source_box_id: str = ""
     pacs_aet: str = ""
     images_timeout_seconds: float = 3600.0
+    publish_base_delay: float = 1.0
+    publish_max_delay: float = 300.0
 
     @property
     def resolved_index_url(self) -> str:
@@ -210,6 +215,10 @@ class Settings:
             raise ConfigurationError("stability_seconds must not be negative")
         if self.images_timeout_seconds <= 0:
             raise ConfigurationError("images_timeout_seconds must be positive")
+        if not 0 < self.publish_base_delay <= self.publish_max_delay:
+            raise ConfigurationError(
+                "publish_base_delay must be positive and at most publish_max_delay"
+            )
         if self.organization_uid_root and not _is_uid_root(self.organization_uid_root):
             raise ConfigurationError(
                 f"organization_uid_root {self.organization_uid_root!r} is not a UID root of at "
