@@ -343,7 +343,7 @@ def build_box(settings: Settings, *, dimse: bool = True) -> Box:
         images_timeout=timedelta(seconds=settings.images_timeout_seconds),
     )
     stability.subscribe(publication.on_study_stable)
-    ingest.subscribe(RejectionHandler(index, blobs, audit))
+    ingest.subscribe(RejectionHandler(index, blobs, audit, publication.on_instances_rejected))
     inbox = HL7Inbox(settings.data_dir / "hl7-inbox")
     hl7_worker = ReportWorker(
         inbox, publication.handle_report, audit, allow_test_oids=not settings.production
