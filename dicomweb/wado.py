@@ -23,7 +23,12 @@ from dicomweb.media import (
     choose_media_type,
     choose_transfer_syntax,
 )
-from dicomweb.multipart import multipart_content_type, new_boundary, write_multipart
+from dicomweb.multipart import (
+    multipart_content_type,
+    multipart_length,
+    new_boundary,
+    write_multipart,
+)
 from drimbox.dicom.metadata import BULKDATA_BASE_PLACEHOLDER
 from drimbox.dicom.transfer import can_transcode, transcode_part10
 from drimbox.model import InstanceLocation
@@ -38,6 +43,16 @@ _MULTIPART_DESCRIPTION = (
 )
 
 
+def _part_headers(location: InstanceLocation, syntax: str, base: str) -> dict[str, str]:
+    return {
+        "Content-Type": f"{APPLICATION_DICOM}; transfer-syntax={syntax}",
+        "Content-Location": (
+            f"{base}/studies/{location.study_instance_uid}/series/"
+            f"{location.series_instance_uid}/instances/{location.sop_instance_uid}"
+        ),
+    }
+
+
 def instance_parts(
     retrieve: RetrieveService,
     choices: list[tuple[InstanceLocation, str]],
@@ -49,13 +64,7 @@ def instance_parts(
     in memory at a time).
     """
     for location, syntax in choices:
-        headers = {
-            "Content-Type": f"{APPLICATION_DICOM}; transfer-syntax={syntax}",
-            "Content-Location": (
-                f"{base}/studies/{location.study_instance_uid}/series/"
-                f"{location.series_instance_uid}/instances/{location.sop_instance_uid}"
-            ),
-        }
+        headers = _part_headers(location, syntax, base)
         if syntax == location.transfer_syntax_uid:
             yield headers, retrieve.stream(location)
         else:
@@ -86,8 +95,13 @@ def _retrieve_instances(
     media_type = multipart_content_type(
         boundary, APPLICATION_DICOM, syntaxes.pop() if len(syntaxes) == 1 else None
     )
-    body = write_multipart(instance_parts(retrieve, choices, base_url(request)), boundary)
-    return StreamingResponse(body, media_type=media_type)
+    base = base_url(request)
+    headers = {}
+    if all(syntax == location.transfer_syntax_uid for location, syntax in choices):
+        sizes = ((_part_headers(loc, syntax, base), loc.blob.size) for loc, syntax in choices)
+        headers["Content-Length"] = str(multipart_length(boundary, sizes))
+    body = write_multipart(instance_parts(retrieve, choices, base), boundary)
+    return StreamingResponse(body, media_type=media_type, headers=headers)
 
 
 def _metadata(
