@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
@@ -275,3 +276,23 @@ def test_each_retrieval_is_audited(loaded: tuple[DicomwebBox, dict[str, bytes]])
     assert event["transaction"] == "WADO-RS"
     assert event["series"] == CT.series_instance_uid(0)
     assert json.dumps(event)  # plain values only
+
+
+def test_stored_compressed_frames_are_sent_as_stored_or_decoded_on_request(
+    dicomweb_box: DicomwebBox,
+) -> None:
+    study = SyntheticStudy(seed="jpeg-frames")
+    original = part10_bytes(make_instance(study, 0, 0))
+    compressed = transcode_part10(io.BytesIO(original), JPEGLosslessSV1)
+    dicomweb_box.ingest.store_part10(io.BytesIO(compressed), source="test")
+    frames = f"{instance_path(study, 0, 0)}/frames/1"
+    [(headers, code_stream)] = multipart_parts(dicomweb_box.http.get(frames))
+    assert headers["content-type"] == f"image/jpeg; transfer-syntax={JPEGLosslessSV1}"
+    stored = dcmread(io.BytesIO(compressed))
+    assert code_stream == get_frame(stored.PixelData, 0, number_of_frames=1)
+    native = dicomweb_box.http.get(
+        frames, headers={"Accept": 'multipart/related; type="application/octet-stream"'}
+    )
+    [(headers, pixels)] = multipart_parts(native)
+    assert headers["content-type"].startswith("application/octet-stream")
+    assert pixels == dcmread(io.BytesIO(original)).PixelData
