@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from typing import Any, Protocol
 
 from drimbox.errors import DrimboxError, PacsError
@@ -71,6 +72,21 @@ class ManifestDraft:
     instances: tuple[InstanceLocation, ...]
     study_attributes: dict[str, Any] = field(default_factory=dict)
     series_modalities: dict[str, str] = field(default_factory=dict)
+
+
+_ACCESSION_OF_ANOTHER_STUDY = (
+    "StudyInstanceUID of the report does not match the images: the PACS holds the report's "
+    "accession number under another StudyInstanceUID"
+)
+
+
+class _Fetched(Enum):
+    """What asking the PACS for a study that is not held gave."""
+
+    WAIT = "wait"
+    """Retrieved (the images arrive), not found, or the PACS failed: wait for the images."""
+    OTHER_STUDY = "other-study"
+    """Not found by StudyInstanceUID, but the accession number is another study's."""
 
 
 class ManifestBuilder(Protocol):
@@ -163,8 +179,10 @@ class PublicationService:
             )
         instances = self._referenceable(notice.study_instance_uid)
         if not instances or not self._is_stable(notice.study_instance_uid):
-            if not instances and fetch:
-                self._fetch_from_pacs(notice)
+            if not instances and fetch and self._fetch_from_pacs(notice) is _Fetched.OTHER_STUDY:
+                return self._settle(
+                    notice, exam, report, ExamState.QUARANTINED, _ACCESSION_OF_ANOTHER_STUDY
+                )
             return self._settle(
                 notice, exam, report, ExamState.WAITING_FOR_IMAGES,
                 "waiting for the study's images to be complete",
@@ -398,9 +416,10 @@ class PublicationService:
                 modalities[uid] = modality
         return modalities
 
-    def _fetch_from_pacs(self, notice: ReportNotice) -> None:
+    def _fetch_from_pacs(self, notice: ReportNotice) -> _Fetched:
+        """Ask the PACS for the study; say whether it holds the accession under another UID."""
         if self._pacs is None:
-            return
+            return _Fetched.WAIT
         try:
             found = self._pacs.find_studies(
                 study_instance_uid=notice.study_instance_uid,
@@ -416,6 +435,8 @@ class PublicationService:
                 self._audit.record(
                     "publication.pacs_retrieve", "not-found", study=notice.study_instance_uid
                 )
+                # found by accession only: the report names another study than its accession's
+                return _Fetched.OTHER_STUDY if found else _Fetched.WAIT
         except (PacsError, DrimboxError) as error:
             self._audit.record(
                 "publication.pacs_retrieve", "failure",
@@ -424,6 +445,7 @@ class PublicationService:
             _log.warning(
                 "publication.pacs_failed study=%s error=%s", notice.study_instance_uid, error
             )
+        return _Fetched.WAIT
 
 
 def _digest(instances: list[InstanceLocation]) -> str:

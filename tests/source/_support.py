@@ -247,7 +247,9 @@ class Site:
 
         return wait_for(probe, timeout, f"{study_instance_uid} to be {state.value}")
 
-    def entries(self, statuses: tuple[EntryStatus, ...] = tuple(EntryStatus)) -> list[RegistryEntry]:
+    def entries(
+        self, statuses: tuple[EntryStatus, ...] = tuple(EntryStatus)
+    ) -> list[RegistryEntry]:
         """The ANS patient's entries in the registry."""
         return registry_entries(self.registry_url, statuses)
 

@@ -29,7 +29,9 @@ def assert_published_and_retrievable(site: Site, study: str, tmp_path: Path) -> 
     """One current entry for the study; its KOS is valid and every RetrieveURL serves the
     series' instances byte-identical to the PACS."""
     site.wait_state(study, ExamState.PUBLISHED)
-    current = [e for e in site.entries((EntryStatus.CURRENT,)) if e.manifest.study_instance_uid == study]
+    current = [
+        e for e in site.entries((EntryStatus.CURRENT,)) if e.manifest.study_instance_uid == study
+    ]
     assert len(current) == 1
     kos = site.retrieve_kos(current[0])
     dciodvfy(kos, tmp_path)
