@@ -161,6 +161,9 @@ def create_registry_app(
 
     @app.post("/")
     async def provide_document_bundle(request: Request) -> Response:
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > MAX_BUNDLE_BYTES:
+            return _outcome(413, "too-long", f"Bundle larger than {MAX_BUNDLE_BYTES} bytes")
         body = await request.body()
         media_type = request.headers.get("content-type", "").split(";")[0].strip()
         if media_type not in {FHIR_JSON, "application/json"}:
