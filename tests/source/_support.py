@@ -3,10 +3,13 @@ studies, the site (Orthanc as PACS + a box), a standalone registry process, CLI 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ __all__ = [
     "ANS_STUDY_ROOT",
     "ANY_SYNTAX",
     "BOX_AET",
+    "HoldingProxy",
     "INS",
     "ORG_ROOT",
     "PACS_AET",
@@ -348,3 +352,60 @@ def with_flag(message: bytes, flag: bytes, value: bytes) -> bytes:
     segment = message[start:end]
     head, _, tail = segment.partition(b"||")
     return message[:start] + head + b"||" + value + tail[1:] + message[end:]
+
+
+class HoldingProxy:
+    """A TCP relay in front of the registry that can withhold the registry's answers.
+
+    While ``hold`` is set, what the registry answers is read and dropped (``answered`` is set),
+    so the registry has committed a publication whose answer the box never gets: the window
+    in which a crash must not cause a second entry.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.hold = threading.Event()
+        self.answered = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._closing = threading.Event()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, path: str = "/registry") -> str:
+        """URL through the proxy."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        """Stop accepting and close every relayed connection."""
+        self._closing.set()
+        for sock in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            except OSError:
+                client.close()  # registry down: the box sees a transport error
+                continue
+            upstream.settimeout(None)
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._copy, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._copy, args=(upstream, client, True), daemon=True).start()
+
+    def _copy(self, source: socket.socket, target: socket.socket, answers: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if answers and self.hold.is_set():
+                    self.answered.set()
+                    continue
+                target.sendall(data)
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
