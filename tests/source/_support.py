@@ -37,10 +37,11 @@ __all__ = [
     "ANS_STUDY_ROOT",
     "ANY_SYNTAX",
     "BOX_AET",
-    "HoldingProxy",
+    "EXAM_M_PATIENT",
     "INS",
     "ORG_ROOT",
     "PACS_AET",
+    "HoldingProxy",
     "PatientTraits",
     "Site",
     "StandaloneRegistry",
@@ -48,10 +49,15 @@ __all__ = [
     "ans_message",
     "ans_study",
     "cli_json",
+    "data_set",
     "exam_datasets",
+    "kos_series",
     "part10",
+    "read_kos",
     "registry_entries",
+    "retrieve_series",
     "wait_for",
+    "with_flag",
 ]
 
 BOX_AET = "DRIMBOX"
