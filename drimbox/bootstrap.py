@@ -457,7 +457,8 @@ def run_dimse_receiver(settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     server.start()
     try:
-        stop.wait()
+        while not stop.wait(0.5):  # timed: see drimbox.cli.serve
+            pass
     finally:
         server.stop()
         index.close()

@@ -113,7 +113,10 @@ def serve(
         raise typer.Exit(code=1) from error
     _print_banner(box.settings)
     try:
-        stop.wait()
+        # A timed wait: a signal delivered to another thread only sets a flag that the main
+        # thread checks when it wakes, and an untimed lock wait may never wake.
+        while not stop.wait(0.5):
+            pass
     finally:
         _console.print("stopping...")
         box.stop()
