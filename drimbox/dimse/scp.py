@@ -21,6 +21,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -93,6 +94,7 @@ _MAXIMUM_ASSOCIATIONS = 64
 # each C-STORE crosses several such idle polls, so a shorter delay raises the instances/s of
 # one association at the price of a little idle CPU.
 _DUL_IDLE_POLL_SECONDS = 0.0002
+_STOP_TIMEOUT_SECONDS = 5.0
 _FILE_META_HEAD = PREAMBLE_LENGTH + len(DICM_PREFIX) + 12  # preamble, DICM, (0002,0000) UL
 
 
@@ -195,17 +197,28 @@ class DimseServer:
         return port
 
     def stop(self) -> None:
-        """Stop accepting associations, abort the active ones and wait for the server thread."""
+        """Stop accepting associations, abort the active ones and wait for the server thread.
+
+        Aborts run in daemon threads and are waited for at most :data:`_STOP_TIMEOUT_SECONDS`:
+        a peer that never closes its end must not keep the box from stopping.
+        """
         with self._lock:
             server, self._server = self._server, None
             thread, self._thread = self._thread, None
         if server is None:
             return
         server.shutdown()
-        for association in server.active_associations:
-            association.abort()
+        aborts = [
+            threading.Thread(target=association.abort, name="drimbox-dimse-abort", daemon=True)
+            for association in server.active_associations
+        ]
+        for abort in aborts:
+            abort.start()
+        deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
+        for abort in aborts:
+            abort.join(max(0.0, deadline - time.monotonic()))
         if thread is not None:
-            thread.join()
+            thread.join(max(0.0, deadline - time.monotonic()))
         _log.info("dimse.stopped aet=%s", self._ae_title)
 
     # -- association policy ------------------------------------------------------------------
