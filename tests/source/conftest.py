@@ -11,16 +11,21 @@ import pytest
 from tests.fixtures.box import free_port
 from tests.fixtures.orthanc import OrthancFactory
 from tests.source._support import BOX_AET, ORG_ROOT, PACS_AET, Site, StandaloneRegistry
+from tests.unit.test_kos import dciodvfy
 
 SiteFactory = Callable[..., Site]
 
 
 @pytest.fixture
-def site_factory(box_factory: Callable[..., Any], orthanc_factory: OrthancFactory) -> SiteFactory:
+def site_factory(
+    box_factory: Callable[..., Any], orthanc_factory: OrthancFactory, tmp_path: Path
+) -> Iterator[SiteFactory]:
     """Build a site: Orthanc knows the box as a C-MOVE destination, the box knows the PACS.
 
-    Keyword arguments override the box settings (e.g. ``registry_url=...``).
+    Keyword arguments override the box settings (e.g. ``registry_url=...``). At teardown, every
+    KOS manifest a box queued for the registry must pass dciodvfy.
     """
+    sites: list[Site] = []
 
     def make(**overrides: Any) -> Site:
         dimse_port = free_port()
@@ -42,9 +47,15 @@ def site_factory(box_factory: Callable[..., Any], orthanc_factory: OrthancFactor
         registry_url = settings.get("registry_url") or (
             f"http://127.0.0.1:{box.http_port}/registry"
         )
-        return Site(pacs=pacs, box=box, registry_url=registry_url)
+        site = Site(pacs=pacs, box=box, registry_url=registry_url)
+        sites.append(site)
+        return site
 
-    return make
+    yield make
+    for site in sites:
+        for job in site.box.publications.jobs():
+            if job.kos_blob_key is not None:
+                dciodvfy(b"".join(site.box.blobs.stream(job.kos_blob_key)), tmp_path)
 
 
 @pytest.fixture

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from drimbox.hl7.mllp import send_message
+from registry.client import RegistryClient
 from registry.models import EntryStatus
 from tests.dicomweb.conftest import multipart_body, stow_headers
 from tests.fixtures.box import ServedBox
@@ -25,6 +27,7 @@ from tests.source._support import (
     registry_entries,
     wait_for,
 )
+from tests.unit.test_kos import dciodvfy
 
 EXAM_C = ans_study(103)
 
@@ -57,6 +60,7 @@ def test_kill_9_after_the_registry_committed_but_before_the_box_knew_publishes_o
     served_box_factory: Callable[..., ServedBox],
     standalone_registry: StandaloneRegistry,
     proxy: HoldingProxy,
+    tmp_path: Path,
 ) -> None:
     box = served(served_box_factory, proxy.url())
     box.start()
@@ -87,6 +91,8 @@ def test_kill_9_after_the_registry_committed_but_before_the_box_knew_publishes_o
     assert [(e.entry_id, e.status) for e in registry_entries(standalone_registry.url)] == [
         (entry.entry_id, EntryStatus.CURRENT)
     ]
+    with RegistryClient(standalone_registry.url) as client:
+        dciodvfy(client.retrieve(entry.entry_id), tmp_path)
 
 
 @pytest.mark.integration
