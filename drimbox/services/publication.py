@@ -155,9 +155,29 @@ class PublicationService:
             exam = self._store.get_exam(notice.study_instance_uid)
             if exam is not None and exam.report.get("message_id") == notice.message_id:
                 return exam  # the same message again: already processed
+            if exam is not None and self._already_queued(notice, exam):
+                return exam  # the same report in another envelope (new MSH-10, MDM vs ORU)
             if notice.action is ReportAction.CANCEL:
                 return self._cancel(notice, exam)
             return self._publish(notice, exam, fetch=True)
+
+    def _already_queued(self, notice: ReportNotice, exam: Exam) -> bool:
+        """Whether ``exam``'s manifest already publishes this very report over the same images."""
+        if exam.state not in (ExamState.QUEUED, ExamState.PUBLISHED):
+            return False
+        if exam.kos_sop_instance_uid is None or notice.action is ReportAction.CANCEL:
+            return False
+        held = notice_from_dict(exam.report)  # JSON-normalised, as tuples
+        if replace(held, message_id="") != replace(notice, message_id=""):
+            return False
+        digest = _digest(self._referenceable(notice.study_instance_uid))
+        if digest != exam.referenced_digest:
+            return False
+        self._audit.record(
+            "publication.report", "duplicate", study=notice.study_instance_uid,
+            kos=exam.kos_sop_instance_uid,
+        )  # fmt: skip
+        return True
 
     def _publish(self, notice: ReportNotice, exam: Exam | None, *, fetch: bool) -> Exam:
         report = notice_to_dict(notice)
