@@ -28,11 +28,9 @@ import logging
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 from drimbox.dicom.metadata import indexed_attribute_values, instance_metadata
@@ -42,13 +40,17 @@ from drimbox.dicom.part10 import (
     read_data_set_header,
     read_file_meta,
 )
-from drimbox.dicom.uids import validate_uid
+from drimbox.dicom.uids import (
+    InstanceIdentity,
+    check_uids_agree,
+    instance_identity,
+    raw_text,
+    validate_uid,
+)
 from drimbox.errors import (
     FailureReason,
     InstanceTooLargeError,
     InvalidInstanceError,
-    MissingAttributeError,
-    UIDMismatchError,
 )
 from drimbox.model import AddOutcome, InstanceLocation, InstanceRecord, StoreResult
 from drimbox.ports import AuditLog, BlobStore, Index
@@ -59,30 +61,11 @@ _log = logging.getLogger("drimbox.ingest")
 
 _CHUNK_SIZE = 1 << 20
 _SPOOL_MAX_MEMORY = 8 << 20
-_SOP_CLASS_UID = BaseTag(0x00080016)
-_SOP_INSTANCE_UID = BaseTag(0x00080018)
-_STUDY_INSTANCE_UID = BaseTag(0x0020000D)
-_SERIES_INSTANCE_UID = BaseTag(0x0020000E)
-_PATIENT_ID = BaseTag(0x00100020)
 _NUMBER_OF_FRAMES = BaseTag(0x00280008)
-_IDENTITY_TAGS = (
-    ("SOPClassUID", _SOP_CLASS_UID),
-    ("SOPInstanceUID", _SOP_INSTANCE_UID),
-    ("StudyInstanceUID", _STUDY_INSTANCE_UID),
-    ("SeriesInstanceUID", _SERIES_INSTANCE_UID),
-)
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class _Identity:
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
 
 
 class IngestService:
@@ -172,9 +155,11 @@ class IngestService:
             header = read_data_set_header(
                 dataset, syntax, max_inflated_bytes=self._max_instance_bytes
             )
-            identity = _identity(header.dataset)
-            _check_agree("SOP Class UID", command_class, identity.sop_class_uid, "command")
-            _check_agree("SOP Instance UID", command_instance, identity.sop_instance_uid, "command")
+            identity = instance_identity(header.dataset)
+            check_uids_agree("SOP Class UID", command_class, identity.sop_class_uid, "command")
+            check_uids_agree(
+                "SOP Instance UID", command_instance, identity.sop_instance_uid, "command"
+            )
         except InvalidInstanceError as error:
             self._refused(error, source, sop_instance_uid)
             raise
@@ -224,13 +209,13 @@ class IngestService:
             header = read_data_set_header(
                 stream, syntax, max_inflated_bytes=self._max_instance_bytes
             )
-            identity = _identity(header.dataset)
+            identity = instance_identity(header.dataset)
             media_class = meta.get("MediaStorageSOPClassUID")
             media_instance = meta.get("MediaStorageSOPInstanceUID")
             if media_class is not None:
-                _check_agree("SOP Class UID", str(media_class), identity.sop_class_uid, "meta")
+                check_uids_agree("SOP Class UID", str(media_class), identity.sop_class_uid, "meta")
             if media_instance is not None:
-                _check_agree(
+                check_uids_agree(
                     "SOP Instance UID", str(media_instance), identity.sop_instance_uid, "meta"
                 )
             if study_instance_uid is not None and identity.study_instance_uid != (
@@ -280,7 +265,7 @@ class IngestService:
 
     def _store(
         self,
-        identity: _Identity,
+        identity: InstanceIdentity,
         header: DataSetHeader,
         transfer_syntax_uid: str,
         data_set_offset: int,
@@ -399,7 +384,9 @@ class IngestService:
             error,
         )
 
-    def _failed(self, identity: _Identity, source: str, stage: str, error: Exception) -> None:
+    def _failed(
+        self, identity: InstanceIdentity, source: str, stage: str, error: Exception
+    ) -> None:
         self._audit.record(
             "dicom.instance.store_failed",
             "failure",
@@ -433,54 +420,10 @@ def _read_chunks(stream: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-def _raw_text(dataset: Dataset, tag: BaseTag) -> str | None:
-    """Return an element's value as text without converting it (no validation warnings)."""
-    if tag not in dataset:
-        return None
-    element = dataset.get_item(tag)
-    value = element.value
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("ascii", errors="replace").rstrip("\x00 ")
-    return str(value).rstrip("\x00 ")
-
-
-def _identity(dataset: Dataset) -> _Identity:
-    uids: dict[str, str] = {}
-    for keyword, tag in _IDENTITY_TAGS:
-        text = _raw_text(dataset, tag)
-        if not text:
-            state = "absent" if text is None else "empty"
-            raise MissingAttributeError(f"{keyword} {tag} is {state}; it is mandatory (Type 1)")
-        uids[keyword] = validate_uid(text, keyword)
-    if _PATIENT_ID not in dataset:
-        raise MissingAttributeError(
-            "PatientID (0010,0020) is absent; it is Type 2: it may be empty, not absent "
-            "(PS3.3 §C.7.1.1)"
-        )
-    return _Identity(
-        sop_class_uid=uids["SOPClassUID"],
-        sop_instance_uid=uids["SOPInstanceUID"],
-        study_instance_uid=uids["StudyInstanceUID"],
-        series_instance_uid=uids["SeriesInstanceUID"],
-    )
-
-
-def _check_agree(name: str, declared: str, in_data_set: str, where: str) -> None:
-    declared = declared.rstrip("\x00 ")
-    if declared != in_data_set:
-        origin = "the C-STORE command" if where == "command" else "the File Meta Information"
-        raise UIDMismatchError(
-            f"{name} {declared[:64]!r} of {origin} differs from {in_data_set!r} in the data set "
-            "(PS3.4 §B.2.3)"
-        )
-
-
 def _number_of_frames(header: DataSetHeader) -> int:
     if header.pixel_data is None:
         return 0
-    text = _raw_text(header.dataset, _NUMBER_OF_FRAMES)
+    text = raw_text(header.dataset, _NUMBER_OF_FRAMES)
     try:
         return max(1, int(text)) if text else 1
     except ValueError:
