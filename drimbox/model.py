@@ -80,8 +80,10 @@ class InstanceRecord:
         DA as ``YYYYMMDD``, IS as decimal text, multi-valued joined with ``\\``); ``None``
         when absent.
     metadata
-        The instance's DICOM JSON with bulk data replaced by ``BulkDataURI`` (relative to the
-        instance: ``bulkdata/<tag>``), served as-is by WADO-RS ``/metadata``.
+        The instance's DICOM JSON with bulk data replaced by ``BulkDataURI`` of the form
+        ``{+base}/studies/<st>/series/<se>/instances/<sop>/bulkdata/<tag>`` (see
+        :mod:`drimbox.dicom.metadata`; ``{+base}`` is replaced by the DICOMweb base URL when
+        served), served by WADO-RS ``/metadata``.
     received_at
         When the box acknowledged it (UTC).
     number_of_frames
