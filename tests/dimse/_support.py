@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts
-from pynetdicom.association import Association
+from pynetdicom import AE
 
 from drimbox.audit import MemoryAuditLog
 from drimbox.dicom.part10 import read_file_meta
-from drimbox.dimse.scp import STORAGE_TRANSFER_SYNTAXES, DimseServer
+from drimbox.dimse.scp import DimseServer
 from drimbox.ports import BlobStore, Index
 from drimbox.services.ingest import IngestService
 
@@ -23,7 +22,6 @@ __all__ = [
     "BoxNode",
     "data_set_bytes",
     "dcmtk_env",
-    "open_association",
     "pynetdicom_store",
     "status_of",
     "stored_data_set_bytes",
@@ -81,17 +79,6 @@ def stored_data_set_bytes(blobs: BlobStore, key: str) -> bytes:
     content = b"".join(blobs.stream(key))
     _, offset = read_file_meta(io.BytesIO(content))
     return content[offset:]
-
-
-def open_association(
-    port: int, *, calling: str = "PYNETDICOM", called: str = BOX_AET
-) -> Association:
-    """Associate with the box as a pynetdicom SCU proposing every storage context."""
-    ae = AE(ae_title=calling)
-    for context in AllStoragePresentationContexts[:120]:
-        ae.add_requested_context(str(context.abstract_syntax), list(STORAGE_TRANSFER_SYNTAXES[:3]))
-    ae.add_requested_context("1.2.840.10008.1.1")
-    return ae.associate("127.0.0.1", port, ae_title=called)
 
 
 def status_of(response: Dataset) -> int:
