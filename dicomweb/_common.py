@@ -8,7 +8,7 @@ from dicomweb.media import MediaRange, parse_accept
 from drimbox.dicom.uids import is_valid_uid
 from drimbox.errors import InvalidQueryError
 
-__all__ = ["accept_ranges", "base_url", "check_uid"]
+__all__ = ["accept_ranges", "base_url", "check_uid", "reject_unknown_parameters"]
 
 _RESOURCE_ROOTS = ("/studies", "/series", "/instances", "/wado")
 
