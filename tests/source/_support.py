@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -228,6 +229,12 @@ class Site:
         answer = self.pacs.store_to_modality("drimbox", ids)
         assert answer["FailedInstancesCount"] == 0, answer
 
+    def wait_stable(self, timeout: float = 10) -> None:
+        """Wait until every study the box holds is stable."""
+        wait_for(
+            lambda: not self.box.index.unstable_studies(datetime.now(UTC)), timeout, "stability"
+        )
+
     def send(self, message: bytes) -> str:
         """Send a message over MLLP; return MSA-1."""
         return ack_code(send_message("127.0.0.1", self.box.hl7_port, message, timeout=30))
@@ -305,8 +312,9 @@ def read_kos(data: bytes) -> KeyObjectDocument:
 class StandaloneRegistry:
     """``drimbox registry serve`` in a subprocess; restartable on the same port and database."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, production: bool = False) -> None:
         self.directory = directory
+        self.production = production
         self.port = free_port()
         self.database = f"sqlite:///{directory / 'registry.sqlite3'}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -322,7 +330,8 @@ class StandaloneRegistry:
         log = (self.directory / "registry.log").open("ab")
         self.process = subprocess.Popen(
             [str(_DRIMBOX), "registry", "serve", "--http-port", str(self.port),
-             "--database", self.database, "--audit", str(self.directory / "audit.jsonl")],
+             "--database", self.database, "--audit", str(self.directory / "audit.jsonl"),
+             *(["--production"] if self.production else [])],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
         )  # fmt: skip
         log.close()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,3 +58,71 @@ def test_registry_down_then_back_publishes_exactly_once(
     assert done.state is JobState.DONE and done.attempts >= 3
     (row,) = cli_json(site.box.settings.data_dir, "publications")
     assert (row["state"], row["pending_jobs"]) == ("published", 0)
+
+
+@pytest.mark.integration
+def test_amendment_and_cancellation_queued_while_the_registry_is_down_apply_in_order(
+    site_factory: SiteFactory, standalone_registry: StandaloneRegistry
+) -> None:
+    site = site_factory(registry_url=standalone_registry.url)
+    exam_g, exam_i = ans_study(108), ans_study(110)
+    site.push(site.load(exam_datasets(exam_g, "ACN108") + exam_datasets(exam_i, "ACN110")))
+    site.wait_stable()  # each report then publishes at once: four jobs in the outbox
+    standalone_registry.stop()
+
+    for name in ("CR_G1-ORU", "CR_G1_MAJ-ORU", "CR_I-ORU", "CR_I_Depublication-ORU"):
+        assert site.send(ans_message(name)) == "AA"
+
+    def retried() -> bool:
+        jobs = site.box.publications.jobs()
+        return len([j for j in jobs if j.attempts >= 1]) >= 2
+
+    wait_for(retried, 20, "retries")
+    standalone_registry.start()
+
+    g = site.wait_state(exam_g, ExamState.PUBLISHED)
+    site.wait_state(exam_i, ExamState.DEPUBLISHED)
+    by_study: dict[str, list[tuple[str | None, EntryStatus]]] = {}
+    for entry in site.entries():
+        by_study.setdefault(entry.manifest.study_instance_uid, []).append(
+            (entry.manifest.kos_sop_instance_uid, entry.status)
+        )
+    assert g.version == 2
+    jobs = [
+        (j.study_instance_uid, j.action.value, j.state.value) for j in site.box.publications.jobs()
+    ]
+    assert jobs == [
+        (exam_g, "publish", "done"),
+        (exam_g, "replace", "done"),
+        (exam_i, "publish", "done"),
+        (exam_i, "delete", "done"),
+    ]
+    assert sorted(status for _, status in by_study[exam_g]) == [
+        EntryStatus.CURRENT,
+        EntryStatus.SUPERSEDED,
+    ]
+    assert (g.kos_sop_instance_uid, EntryStatus.CURRENT) in by_study[exam_g]
+    assert [status for _, status in by_study[exam_i]] == [EntryStatus.ENTERED_IN_ERROR]
+
+
+@pytest.mark.integration
+def test_registry_refusal_is_final_and_needs_attention(
+    site_factory: SiteFactory, tmp_path: Path
+) -> None:
+    registry = StandaloneRegistry(tmp_path / "production-registry", production=True)
+    registry.start()
+    try:
+        site = site_factory(registry_url=registry.url)
+        site.push(site.load(exam_datasets(EXAM_C, "ACN103")))
+
+        assert site.send(ans_message("CR_C-ORU")) == "AA"
+
+        exam = site.wait_state(EXAM_C, ExamState.REJECTED)
+        (job,) = site.box.publications.jobs()
+        assert (job.state, job.attempts) == (JobState.REJECTED, 1)
+        assert exam.reason == job.last_error
+        attention = cli_json(site.box.settings.data_dir, "status")["attention"]
+        assert attention == [{"study_instance_uid": EXAM_C, "reason": exam.reason}]
+        assert [r["outcome"] for r in site.audit("registry.publish")] == ["rejected"]
+    finally:
+        registry.stop()
