@@ -78,6 +78,7 @@ def test_status_and_verify_on_an_empty_box(tmp_path: Path) -> None:
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout) == {
         "patients": 0, "studies": 0, "series": 0, "instances": 0, "stored_bytes": 0,
+        "publications": {}, "outbox_pending": 0, "attention": [],
     }  # fmt: skip
     verify = _run("verify", "--json", "--data-dir", str(tmp_path))
     assert verify.returncode == 0, verify.stderr
