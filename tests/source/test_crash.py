@@ -10,6 +10,8 @@ import httpx
 import pytest
 
 from drimbox.hl7.mllp import send_message
+from drimbox.index.publications import open_publication_store
+from drimbox.model import Exam, ExamState
 from registry.client import RegistryClient
 from registry.models import EntryStatus
 from tests.dicomweb.conftest import multipart_body, stow_headers
@@ -50,9 +52,29 @@ def served(factory: Callable[..., ServedBox], registry_url: str) -> ServedBox:
 
 
 def publication(box: ServedBox) -> dict[str, Any]:
+    """The exam's row of ``drimbox publications --json``."""
     (row,) = cli_json(box.data_dir, "publications")
     assert isinstance(row, dict)
     return row
+
+
+def exam_state(box: ServedBox) -> Exam | None:
+    """The exam as the box's publication store holds it (a cheap poll, no CLI start-up)."""
+    store = open_publication_store(f"sqlite:///{box.data_dir / 'index.sqlite3'}")
+    try:
+        return store.get_exam(EXAM_C)
+    finally:
+        store.close()
+
+
+def wait_published(box: ServedBox) -> dict[str, Any]:
+    """Wait for the exam to be published; return its ``drimbox publications`` row."""
+    wait_for(
+        lambda: (exam := exam_state(box)) is not None and exam.state is ExamState.PUBLISHED,
+        30,
+        "the publication",
+    )
+    return publication(box)
 
 
 @pytest.mark.integration
@@ -83,9 +105,7 @@ def test_kill_9_after_the_registry_committed_but_before_the_box_knew_publishes_o
     proxy.hold.clear()
     box.start()
 
-    done = wait_for(
-        lambda: (r := publication(box))["state"] == "published" and r, 30, "the publication"
-    )
+    done = wait_published(box)
     assert done["pending_jobs"] == 0
     assert done["registry_entry_id"] == entry.entry_id
     assert [(e.entry_id, e.status) for e in registry_entries(standalone_registry.url)] == [
@@ -109,13 +129,15 @@ def test_kill_9_while_the_registry_is_down_publishes_once_after_restart(
     standalone_registry.stop()
 
     assert ack_code(send_message("127.0.0.1", box.hl7_port, ans_message("CR_C-ORU"))) == "AA"
-    wait_for(lambda: publication(box)["pending_jobs"] == 1, 30, "the job to be queued")
+    wait_for(
+        lambda: (exam := exam_state(box)) is not None and exam.state is ExamState.QUEUED,
+        30,
+        "the job to be queued",
+    )
     box.kill()
     standalone_registry.start()
     box.start()
 
-    done = wait_for(
-        lambda: (r := publication(box))["state"] == "published" and r, 30, "the publication"
-    )
+    done = wait_published(box)
     (entry,) = registry_entries(standalone_registry.url)
     assert (entry.status, entry.entry_id) == (EntryStatus.CURRENT, done["registry_entry_id"])
