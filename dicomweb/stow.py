@@ -235,7 +235,10 @@ async def _store_instances(
                     part_type, _ = parse_content_type(event.headers.get("content-type", ""))
                     part_ok = part_type in ("", APPLICATION_DICOM)
                 elif isinstance(event, PartData) and spool is not None:
-                    spool.write(event.data)
+                    if spool.tell() + len(event.data) > _SPOOL_MEMORY:
+                        await run_in_threadpool(spool.write, event.data)  # on disk: blocking
+                    else:
+                        spool.write(event.data)
                 elif isinstance(event, PartEnd) and spool is not None:
                     outcome: StoreResult | StowFailure = StowFailure.CANNOT_UNDERSTAND
                     if part_ok:

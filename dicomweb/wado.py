@@ -8,6 +8,7 @@ computed at ingest, streamed as stored with its bulk data base URL filled in.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 
 from fastapi import APIRouter, Request, Response
@@ -31,11 +32,13 @@ from dicomweb.multipart import (
 )
 from drimbox.dicom.metadata import BULKDATA_BASE_PLACEHOLDER
 from drimbox.dicom.transfer import can_transcode, transcode_part10
+from drimbox.errors import DrimboxError
 from drimbox.model import InstanceLocation
 from drimbox.services.retrieve import RetrieveService
 
 __all__ = ["add_wado_routes", "instance_parts"]
 
+_log = logging.getLogger("drimbox.dicomweb")
 _TRANSACTION = "WADO-RS"
 _MULTIPART_DESCRIPTION = (
     'multipart/related; type="application/dicom", one Part 10 instance per part, in the '
@@ -65,11 +68,33 @@ def instance_parts(
     """
     for location, syntax in choices:
         headers = _part_headers(location, syntax, base)
+        yield headers, _guarded(retrieve, location, syntax)
+
+
+def _guarded(retrieve: RetrieveService, location: InstanceLocation, syntax: str) -> Iterator[bytes]:
+    """The instance's chunks; a failure once streaming has begun is logged and audited."""
+    try:
         if syntax == location.transfer_syntax_uid:
-            yield headers, retrieve.stream(location)
+            yield from retrieve.stream(location)
         else:
             with retrieve.open(location) as source:
-                yield headers, [transcode_part10(source, syntax)]
+                yield transcode_part10(source, syntax)
+    except DrimboxError as error:
+        # the status line is gone: the client sees a truncated multipart body
+        _log.error(
+            "dicomweb.stream_failed instance=%s error=%s",
+            location.sop_instance_uid,
+            type(error).__name__,
+        )
+        retrieve.record(
+            _TRANSACTION,
+            "failure",
+            location.study_instance_uid,
+            location.series_instance_uid,
+            location.sop_instance_uid,
+            error=type(error).__name__,
+        )
+        raise
 
 
 def _retrieve_instances(

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from pydicom import dcmread
@@ -296,3 +297,18 @@ def test_stored_compressed_frames_are_sent_as_stored_or_decoded_on_request(
     [(headers, pixels)] = multipart_parts(native)
     assert headers["content-type"].startswith("application/octet-stream")
     assert pixels == dcmread(io.BytesIO(original)).PixelData
+
+
+def test_a_blob_lost_mid_stream_truncates_the_body_and_is_audited(
+    dicomweb_box: DicomwebBox,
+) -> None:
+    study = SyntheticStudy(seed="lost-blob", instances_per_series=2)
+    dicomweb_box.load(study)
+    lost = dicomweb_box.retrieve.locate(study.study_instance_uid)[1]
+    dicomweb_box.blobs.delete(lost.blob.key)
+    url = f"/studies/{study.study_instance_uid}"
+    with pytest.raises(httpx.HTTPError), dicomweb_box.http.stream("GET", url) as response:
+        assert response.status_code == 200
+        response.read()
+    failures = [e for e in dicomweb_box.audit.events if e["outcome"] == "failure"]
+    assert failures[-1]["instance"] == lost.sop_instance_uid
