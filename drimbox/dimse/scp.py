@@ -279,13 +279,18 @@ class DimseServer:
         sop_class_uid = str(request.AffectedSOPClassUID or "")
         sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
         if sop_class_uid != str(context.abstract_syntax):
-            return _status(
+            comment = f"SOP class {sop_class_uid[:30]} is not this context's"
+            _log.warning(
+                "dimse.c_store_refused status=0x%04X source=%s sop_instance_uid=%s comment=%s",
                 StorageStatus.SOP_CLASS_NOT_SUPPORTED,
-                f"SOP class {sop_class_uid[:30]} is not this context's",
+                source,
+                sop_instance_uid[:64],
+                comment,
             )
+            return _status(StorageStatus.SOP_CLASS_NOT_SUPPORTED, comment)
         try:
             with _received_data_set(event) as data_set:
-                result = self._ingest.store_dataset(
+                self._ingest.store_dataset(
                     data_set,
                     str(context.transfer_syntax),
                     sop_class_uid=sop_class_uid,
@@ -296,15 +301,14 @@ class DimseServer:
             status, comment = storage_status_for(error)
             if status is StorageStatus.PROCESSING_FAILURE:
                 _log.exception("dimse.c_store_failed source=%s", source)
-            _log.warning(
-                "dimse.c_store_refused status=0x%04X source=%s sop_instance_uid=%s comment=%s",
-                status,
-                source,
-                sop_instance_uid[:64],
-                comment,
-            )
+            else:  # the ingest service already logged the refusal (one line, with its reason)
+                _log.debug(
+                    "dimse.c_store_refused status=0x%04X source=%s comment=%s",
+                    status,
+                    source,
+                    comment,
+                )
             return _status(status, comment)
-        del result
         return _status(StorageStatus.SUCCESS, None)
 
 

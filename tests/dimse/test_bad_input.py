@@ -169,3 +169,19 @@ def test_a_refused_instance_does_not_stop_the_rest_of_the_association(
 
     assert [status_of(r) for r in responses] == [StorageStatus.CANNOT_UNDERSTAND, 0x0000]
     assert box_node.index.statistics().instances == 1
+
+
+@pytest.mark.integration
+def test_each_refusal_is_logged_once_with_its_reason(
+    box_node: BoxNode, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = _write(_instance("logged"), tmp_path / "bad.dcm")
+    bad.write_bytes(bad.read_bytes()[:-10])
+
+    with caplog.at_level("INFO"):
+        pynetdicom_store(box_node.port, [bad])
+
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "reason=unreadable" in refusals[0]
+    assert "truncated" in refusals[0]
