@@ -12,6 +12,7 @@ from registry.models import EntryStatus
 from tests.source._support import (
     ORG_ROOT,
     Site,
+    StandaloneRegistry,
     ans_message,
     ans_study,
     exam_datasets,
@@ -51,10 +52,17 @@ def assert_published_and_retrievable(site: Site, study: str, tmp_path: Path) -> 
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("registry", ["embedded", "standalone"])
 def test_report_for_a_study_only_the_pacs_holds_is_fetched_and_published(
-    site_factory: SiteFactory, tmp_path: Path
+    site_factory: SiteFactory, tmp_path: Path, request: pytest.FixtureRequest, registry: str
 ) -> None:
-    site = site_factory()
+    if registry == "standalone":
+        standalone = StandaloneRegistry(tmp_path / "registry")
+        standalone.start()
+        request.addfinalizer(standalone.stop)
+        site = site_factory(registry_url=standalone.url)
+    else:
+        site = site_factory()
     site.load(exam_datasets(EXAM_C, "ACN103"))
     assert site.box.index.statistics().instances == 0
 
