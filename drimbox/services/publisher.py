@@ -204,7 +204,11 @@ class Publisher:
                 settled = replace(settled, state=ExamState.DEPUBLISHED, reason=exam.reason)
         else:
             settled = replace(exam, registry_entry_id=entry_id, updated_at=now)
-            if exam.version == job.version and exam.state is ExamState.QUEUED:
+            if (
+                exam.version == job.version
+                and exam.state is ExamState.QUEUED
+                and not self._has_later_job(job)  # e.g. a de-publication queued meanwhile
+            ):
                 settled = replace(settled, state=ExamState.PUBLISHED, reason=None)
         self._store.finish_job(done, settled)
         self._audit.record(
@@ -221,6 +225,13 @@ class Publisher:
             job.action.value,
             job.study_instance_uid,
             entry_id,
+        )
+
+    def _has_later_job(self, job: OutboxJob) -> bool:
+        """Whether another job of the exam waits after ``job`` (the exam stays queued)."""
+        return any(
+            other.job_id > job.job_id and other.state is JobState.PENDING
+            for other in self._store.jobs(job.study_instance_uid)
         )
 
     def _reject(self, job: OutboxJob, exam: Exam, attempts: int, reason: str) -> None:

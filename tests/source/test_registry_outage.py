@@ -77,7 +77,8 @@ def test_amendment_and_cancellation_queued_while_the_registry_is_down_apply_in_o
     standalone_registry.start()
 
     g = site.wait_state(exam_g, ExamState.PUBLISHED)
-    site.wait_state(exam_i, ExamState.DEPUBLISHED)
+    cancelled = site.wait_state(exam_i, ExamState.DEPUBLISHED)
+    assert cancelled.reason == "report cancelled"
     by_study: dict[str, list[tuple[str | None, EntryStatus]]] = {}
     for entry in site.entries():
         by_study.setdefault(entry.manifest.study_instance_uid, []).append(
