@@ -9,8 +9,10 @@ is refused without decoding its pixel data.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -62,6 +64,7 @@ _LONG_VRS = frozenset(
 )
 _MAX_NESTING = 64
 _PIXEL_DATA_TAG = BaseTag(0x7FE00010)
+_INFLATE_IN_MEMORY_BYTES = 16 << 20  # larger inflated data sets spill to a temporary file
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,11 +239,21 @@ def read_data_set_header(
     syntax = UID(transfer_syntax_uid)
     if not syntax.is_transfer_syntax:
         raise UnreadableInstanceError(f"transfer syntax {transfer_syntax_uid!r} is not known")
-    implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
-    base = stream.tell()
     if syntax.is_deflated:
-        stream = _inflate(stream, max_inflated_bytes)
-        base = 0
+        with tempfile.SpooledTemporaryFile(max_size=_INFLATE_IN_MEMORY_BYTES) as inflated:
+            _inflate(stream, inflated, max_inflated_bytes)  # type: ignore[arg-type]
+            header = _read_header(inflated, syntax, 0)  # type: ignore[arg-type]
+        return DataSetHeader(
+            dataset=header.dataset,
+            pixel_data=None
+            if header.pixel_data is None
+            else dataclasses.replace(header.pixel_data, value_offset=None),
+        )
+    return _read_header(stream, syntax, stream.tell())
+
+
+def _read_header(stream: BinaryIO, syntax: UID, base: int) -> DataSetHeader:
+    implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
     end = stream.seek(0, io.SEEK_END)
     stream.seek(base)
     walker = _StructureWalker(stream, implicit=implicit, little=little, end=end)
@@ -262,7 +275,7 @@ def read_data_set_header(
     element = PixelDataElement(
         tag=pixel.tag,
         vr=pixel.vr,
-        value_offset=None if syntax.is_deflated else pixel.value_offset - base,
+        value_offset=pixel.value_offset - base,
         encapsulated=pixel.encapsulated,
     )
     return DataSetHeader(dataset=dataset, pixel_data=element)
@@ -272,10 +285,9 @@ def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
     return int(tag) in PIXEL_DATA_TAGS
 
 
-def _inflate(stream: BinaryIO, max_inflated_bytes: int) -> BinaryIO:
+def _inflate(stream: BinaryIO, output: BinaryIO, max_inflated_bytes: int) -> None:
     """Inflate a Deflated Explicit VR Little Endian data set (PS3.5 §A.5), bounded in size."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    output = io.BytesIO()
     try:
         while chunk := stream.read(1 << 20):
             output.write(inflater.decompress(chunk, max(1, max_inflated_bytes + 1 - output.tell())))
@@ -287,7 +299,6 @@ def _inflate(stream: BinaryIO, max_inflated_bytes: int) -> BinaryIO:
     except zlib.error as error:
         raise UnreadableInstanceError(f"deflated data set cannot be inflated: {error}") from error
     output.seek(0)
-    return output
 
 
 @dataclass(frozen=True, slots=True)
