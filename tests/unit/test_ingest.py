@@ -316,3 +316,20 @@ def test_store_part10_refuses_what_is_not_a_part10_file() -> None:
 
     with pytest.raises(UnreadableInstanceError, match="preamble"):
         service.store_part10(io.BytesIO(b"not dicom at all" * 20), source="STOW")
+
+
+def test_deflated_data_set_inflating_beyond_the_limit_is_refused() -> None:
+    service, blobs, _, _ = _service(limit=100_000)
+    ds = _instance("bomb")
+    ds.Rows = ds.Columns = 1024
+    ds.PixelData = bytes(2 * 1024 * 1024)  # 2 MiB of zeros deflates to a few KiB
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw = compressor.compress(_encoded(ds)) + compressor.flush()
+    assert len(raw) < 100_000
+
+    with pytest.raises(InstanceTooLargeError, match="inflates beyond"):
+        service.store_dataset(
+            io.BytesIO(raw), DEFLATED, sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID, source="TEST",
+        )  # fmt: skip
+    assert list(blobs.keys()) == []
