@@ -442,6 +442,7 @@ def run_dimse_receiver(settings: Settings) -> None:
     configure_pynetdicom()
     blobs, index, audit = build_adapters(settings)
     ingest = IngestService(blobs, index, audit, max_instance_bytes=settings.max_instance_bytes)
+    ingest.subscribe(RejectionHandler(index, blobs, audit))  # IOCM notes may arrive here too
     server = DimseServer(
         ae_title=settings.aet,
         host=settings.host,

@@ -134,3 +134,47 @@ def test_rejection_note_hides_instances_and_replaces_then_withdraws_the_manifest
         EntryStatus.ENTERED_IN_ERROR,
     }
     assert qido_instances(site) & image_uids == set()
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on ``port`` in this network namespace (/proc/net/tcp)."""
+    listen = "0A"  # TCP_LISTEN in /proc/net/tcp
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == listen:
+            count += 1
+    return count
+
+
+@pytest.mark.integration
+def test_rejection_notes_received_by_any_dimse_process_are_applied(
+    site_factory: SiteFactory,
+) -> None:
+    site = site_factory(dimse_processes=2)
+    wait_for(lambda: listening_sockets(site.box.dimse_port) == 2, 30, "the receiver process")
+    images = exam_datasets(EXAM_C, "ACN103")
+    site.push(site.load(images))
+    assert site.send(ans_message("CR_C-ORU")) == "AA"
+    site.wait_state(EXAM_C, ExamState.PUBLISHED)
+    rejected, kept = images[:-1], images[-1]
+
+    for ds in rejected:  # one note, one association each: SO_REUSEPORT spreads them
+        reject(site, [ds])
+
+    def hidden() -> bool:
+        return all(instance_status(site, ds) == httpx.codes.NOT_FOUND for ds in rejected)
+
+    wait_for(hidden, 20, "every rejection to apply")
+    assert instance_status(site, kept) == httpx.codes.OK
+
+    def final_manifest() -> set[str] | None:
+        current = site.entries((EntryStatus.CURRENT,))
+        if len(current) != 1:
+            return None
+        kos = read_kos(site.retrieve_kos(current[0]))
+        referenced = {instance.sop_instance_uid for _, _, instance in kos.instances}
+        return referenced if referenced == {str(kept.SOPInstanceUID)} else None
+
+    wait_for(final_manifest, 20, "a manifest of what is left")
+    site.wait_state(EXAM_C, ExamState.PUBLISHED)
