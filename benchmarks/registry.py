@@ -41,7 +41,7 @@ from registry.loader import (
     synthetic_patient,
 )
 from registry.models import EntryStatus, ManifestSubmission
-from registry.service._schema import entries
+from registry.service._schema import documents, entries
 from registry.service.store import EntryQuery, RegistryStore
 
 __all__ = ["main"]
@@ -71,7 +71,9 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def _start_server(url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def _start_server(
+    url: str, workers: int, audit: Path | None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     process = subprocess.Popen(
         [
@@ -84,6 +86,7 @@ def _start_server(url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]
             url,
             "--workers",
             str(workers),
+            *([] if audit is None else ["--audit", str(audit)]),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -142,10 +145,19 @@ def _timed(calls: list[Callable[[], int]]) -> dict[str, float]:
 
 
 def _storage(store: RegistryStore, url: str, total: int) -> dict[str, float]:
+    """Database size per entry; on PostgreSQL also each table with its indexes and TOAST."""
     with store.engine.connect() as connection:
         kos_bytes = connection.execute(select(func.avg(entries.c.content_size))).scalar_one()
+        tables: dict[str, int] = {}
         if store.dialect == "postgresql":
             size = connection.execute(text("SELECT pg_database_size(current_database())")).scalar()
+            for table in (entries.name, documents.name):
+                tables[table] = int(
+                    connection.execute(
+                        text("SELECT pg_total_relation_size(CAST(:name AS regclass))"),
+                        {"name": table},
+                    ).scalar_one()
+                )
         else:
             path = Path(url.removeprefix("sqlite:///"))
             with sqlite3.connect(path) as raw:  # outside any transaction: fold the WAL in
@@ -155,7 +167,44 @@ def _storage(store: RegistryStore, url: str, total: int) -> dict[str, float]:
         "database_bytes": int(size or 0),
         "bytes_per_entry": round(int(size or 0) / total, 1),
         "kos_bytes_per_entry": round(float(kos_bytes or 0), 1),
+        **{f"{table}_bytes_per_entry": round(size / total, 1) for table, size in tables.items()},
     }
+
+
+def _search_and_measure(
+    store: RegistryStore,
+    args: argparse.Namespace,
+    base: str,
+    fill: int,
+    results: dict[str, object],
+) -> None:
+    """Search the patients of the bulk fill at the store level and over HTTP; storage size."""
+    patients = _patients(fill, args.searches)
+    current = (EntryStatus.CURRENT,)
+
+    def in_store(patient: tuple[str, str]) -> int:
+        query = EntryQuery(patient=patient, statuses=current, count=50)
+        return len(store.search(query)[0])
+
+    results["search_store"] = _timed([partial(in_store, p) for p in patients])
+    with httpx.Client(base_url=base, timeout=30) as http:
+
+        def over_http(patient: tuple[str, str]) -> int:
+            response = http.get(
+                "/DocumentReference",
+                params={
+                    "patient.identifier": f"urn:oid:{patient[0]}|{patient[1]}",
+                    "status": "current",
+                    "_count": "50",
+                },
+            )
+            response.raise_for_status()
+            return len(response.json().get("entry", []))
+
+        results["search_http"] = _timed([partial(over_http, p) for p in patients])
+    results["storage"] = _storage(store, args.url, int(str(results["entries"])))
+    results["load_average_at_end"] = os.getloadavg()[0]
+    results["cpu_count"] = os.cpu_count() or 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,26 +216,43 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--searches", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=1, help="registry HTTP worker processes")
+    parser.add_argument(
+        "--load-batch", type=int, default=50_000, help="rows per bulk-load transaction"
+    )
+    parser.add_argument(
+        "--prefilled",
+        action="store_true",
+        help="the database already holds the --entries synthetic entries (seed 0) of an "
+        "earlier load: skip the publish and fill steps, search and measure",
+    )
+    parser.add_argument("--audit", type=Path, default=None, help="the server's audit trail")
     args = parser.parse_args(argv)
 
     store = RegistryStore(args.url)
     with store.engine.connect() as connection:
-        if connection.execute(select(func.count()).select_from(entries)).scalar_one():
-            raise SystemExit("the database is not empty: give a fresh one")
+        stored = connection.execute(select(func.count()).select_from(entries)).scalar_one()
+    if stored and not args.prefilled:
+        raise SystemExit("the database is not empty: give a fresh one")
     results: dict[str, object] = {
         "dialect": store.dialect,
-        "entries": args.entries,
+        "entries": stored if args.prefilled else args.entries,
         "workers": args.workers,
         "client_threads": args.threads,
+        "audit_trail": args.audit is not None,
+        "load_average_at_start": os.getloadavg()[0],
     }
-    process, base = _start_server(args.url, args.workers)
+    process, base = _start_server(args.url, args.workers, args.audit)
     try:
+        if args.prefilled:
+            _search_and_measure(store, args, base, args.entries, results)
+            return
         results["publish_http"] = _publish(base, args.publish, args.threads)
         began = time.perf_counter()
         fill = max(0, args.entries - args.publish)
         load_synthetic_entries(
             store,
             fill,
+            batch_size=args.load_batch,
             progress=lambda done: (
                 print(f"loaded {done}", file=sys.stderr, flush=True)
                 if done % 100_000 == 0
@@ -194,39 +260,21 @@ def main(argv: list[str] | None = None) -> None:
             ),
         )
         elapsed = time.perf_counter() - began
-        results["bulk_load"] = {"rows": fill, "per_second": round(fill / max(elapsed, 1e-9), 1)}
+        results["bulk_load"] = {
+            "rows": fill,
+            "seconds": round(elapsed, 1),
+            "per_second": round(fill / max(elapsed, 1e-9), 1),
+        }
+        began = time.perf_counter()
         with store.engine.begin() as connection:
             connection.exec_driver_sql("ANALYZE")
-        patients = _patients(fill, args.searches)
-        current = (EntryStatus.CURRENT,)
-
-        def in_store(patient: tuple[str, str]) -> int:
-            query = EntryQuery(patient=patient, statuses=current, count=50)
-            return len(store.search(query)[0])
-
-        results["search_store"] = _timed([partial(in_store, p) for p in patients])
-        with httpx.Client(base_url=base, timeout=30) as http:
-
-            def over_http(patient: tuple[str, str]) -> int:
-                response = http.get(
-                    "/DocumentReference",
-                    params={
-                        "patient.identifier": f"urn:oid:{patient[0]}|{patient[1]}",
-                        "status": "current",
-                        "_count": "50",
-                    },
-                )
-                response.raise_for_status()
-                return len(response.json().get("entry", []))
-
-            results["search_http"] = _timed([partial(over_http, p) for p in patients])
-        results["storage"] = _storage(store, args.url, args.entries)
-        results["cpu_count"] = os.cpu_count() or 0
+        results["analyze_s"] = round(time.perf_counter() - began, 1)
+        _search_and_measure(store, args, base, fill, results)
     finally:
         process.terminate()
         process.wait(timeout=10)
         store.close()
-    print(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ whose UIDs all have the same length, then copied with the UIDs of each entry sub
 
 from __future__ import annotations
 
+import itertools
 import random
-import uuid
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from io import BytesIO
-from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
@@ -55,6 +55,11 @@ _REGIONS = (
 _FIRST_DAY = date(2016, 1, 1)
 _DAYS = 3650
 _MASKED_PERCENT = 2
+#: RFC 9562 §4.1-4.2: version (bits 48-51) and variant (bits 64-65) of a random UUID.
+_UUID_VERSION_MASK = 0xF000 << 64
+_UUID_VERSION_4 = 0x4000 << 64
+_UUID_VARIANT_MASK = 0xC000 << 48
+_UUID_VARIANT_RFC4122 = 0x8000 << 48
 
 
 def _uid(seed: int, index: int, role: int) -> str:
@@ -128,25 +133,44 @@ class SyntheticKos:
         return buffer.getvalue()
 
 
+def _kos_format(template: bytes, roles: int) -> tuple[bytes, list[int]]:
+    """Return the template as a ``bytes % tuple`` format and the role of each ``%s``, in order."""
+    placeholders = {_uid(0, 0, role).encode(): role for role in range(roles)}
+    pattern = re.compile(b"(" + b"|".join(re.escape(p) for p in placeholders) + b")")
+    parts = pattern.split(template)
+    literal = [part.replace(b"%", b"%%") for part in parts[::2]]
+    return b"%s".join(literal), [placeholders[part] for part in parts[1::2]]
+
+
+def _uuid4_text(bits: int) -> str:
+    """Return ``str(uuid.UUID(int=bits, version=4))``, without building the UUID object."""
+    bits = (bits & ~_UUID_VERSION_MASK) | _UUID_VERSION_4
+    bits = (bits & ~_UUID_VARIANT_MASK) | _UUID_VARIANT_RFC4122
+    text = f"{bits:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def synthetic_entries(
     count: int, *, seed: int = 0, instances: int = 4
 ) -> Iterator[tuple[ManifestSubmission, bytes, str]]:
     """Yield ``count`` deterministic (manifest, KOS bytes, entry id) triples."""
-    template = SyntheticKos(instances).template()
-    placeholders = [_uid(0, 0, role).encode() for role in range(min(_ROLES, 4 + instances))]
+    roles = min(_ROLES, 4 + instances)
+    kos_format, order = _kos_format(SyntheticKos(instances).template(), roles)
     rng = random.Random(seed)
     patients = max(1, count // ENTRIES_PER_PATIENT)
+    seed_base = _UID_BASE + seed * 10**30
     for index in range(count):
-        kos = template
-        for role, placeholder in enumerate(placeholders):
-            kos = kos.replace(placeholder, _uid(seed, index, role).encode())
+        base = seed_base + index * _ROLES
+        uids = [f"2.25.{base + role}" for role in range(roles)]
+        encoded = [uid.encode() for uid in uids]
+        kos = kos_format % tuple([encoded[role] for role in order])
         oid, ins = synthetic_patient(int(patients * rng.random() ** 1.5))  # some patients: many
         start = _FIRST_DAY + timedelta(days=rng.randrange(_DAYS))
         manifest = ManifestSubmission(
             patient_value=ins,
             patient_oid=oid,
-            kos_sop_instance_uid=_uid(seed, index, 0),
-            study_instance_uid=_uid(seed, index, 1),
+            kos_sop_instance_uid=uids[0],
+            study_instance_uid=uids[1],
             source_box_id=f"box-{rng.randrange(300):03d}",
             period_start=start,
             accession_number=f"ACN{seed}-{index}",
@@ -157,7 +181,7 @@ def synthetic_entries(
             custodian=Party("urn:oid:1.2.250.1.71.4.2.2", f"75{rng.randrange(10**7):07d}"),
             masked=rng.randrange(100) < _MASKED_PERCENT,
         )
-        yield manifest, kos, str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        yield manifest, kos, _uuid4_text(rng.getrandbits(128))
 
 
 def load_synthetic_entries(
@@ -185,21 +209,15 @@ def load_synthetic_entries(
         Called with the number inserted so far after each batch.
     """
     now = datetime.now(UTC)
-    batch: list[tuple[dict[str, Any], bytes]] = []
+    rows = (
+        (entry_row(manifest, entry_id=entry_id, kos=kos, now=now, replaces_id=None), kos)
+        for manifest, kos, entry_id in synthetic_entries(count, seed=seed, instances=instances)
+    )
     done = 0
-    for manifest, kos, entry_id in synthetic_entries(count, seed=seed, instances=instances):
-        batch.append(
-            (entry_row(manifest, entry_id=entry_id, kos=kos, now=now, replaces_id=None), kos)
-        )
-        if len(batch) == batch_size:
-            store.insert_many(batch)
-            done += len(batch)
-            batch = []
-            if progress is not None:
-                progress(done)
-    if batch:
-        store.insert_many(batch)
-        done += len(batch)
+    while done < count:
+        size = min(batch_size, count - done)
+        store.insert_many(itertools.islice(rows, size), count=size)  # generated while sent
+        done += size
         if progress is not None:
             progress(done)
     return done

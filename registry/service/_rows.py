@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import ColumnElement, Row, or_
 
 from registry.models import (
@@ -127,7 +127,7 @@ def entry_row(
         "replaces_id": replaces_id,
         "created": now,
         "updated": now,
-        "details": json.dumps(details, separators=(",", ":")),
+        "details": orjson.dumps(details).decode(),
         "content_size": len(kos),
         "content_sha256": hashlib.sha256(kos).hexdigest(),
     }
@@ -146,7 +146,7 @@ def _aware(moment: datetime) -> datetime:
 
 def stored_entry(row: Row[Any] | Any) -> StoredEntry:
     """Return the entry of a ``registry_entry`` row (or any object with its columns)."""
-    details = json.loads(row.details)
+    details = orjson.loads(row.details)
     period_end = row.period_end if row.period_end != row.period_start else None
     manifest = ManifestSubmission(
         patient_value=row.patient_value,

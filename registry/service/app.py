@@ -17,14 +17,15 @@ by the authenticating gateway in front of the registry (see the README).
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
@@ -56,6 +57,8 @@ MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 _DICOM = "application/dicom"
 _T = TypeVar("_T")
 _CLIENT_ERRORS = {"structure", "required", "invalid", "not-supported", "too-long"}
+#: Events that change the registry: their audit records are on disk before the answer.
+_WRITES = {"ITI-65", "delete"}
 
 
 class _RejectionError(Exception):
@@ -64,11 +67,11 @@ class _RejectionError(Exception):
         self.status, self.code, self.expression = status, code, expression
 
 
-def _fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
-    return JSONResponse(body, status_code=status, media_type=FHIR_JSON)
+def _fhir(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=FHIR_JSON)
 
 
-def _outcome(status: int, code: str, message: str, expression: str = "") -> JSONResponse:
+def _outcome(status: int, code: str, message: str, expression: str = "") -> Response:
     return _fhir(operation_outcome(message, code=code, expression=expression), status)
 
 
@@ -128,30 +131,41 @@ def create_registry_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         store.close()
+        audit.close()
 
     app = FastAPI(title="drimbox national registry (IHE MHD)", lifespan=lifespan, openapi_url=None)
     app.state.registry_store = store
+    app.state.registry_audit = audit
 
     async def guarded(
         request: Request, event: str, work: Callable[[], _T], render: Callable[[_T], Response]
     ) -> Response:
+        durable = event in _WRITES
+
+        def refused(outcome: str, **fields: str) -> Awaitable[None]:
+            return run_in_threadpool(
+                partial(audit.record, durable=durable, who=_who(request), **fields),
+                event,
+                outcome,
+            )
+
         try:
             result = await run_in_threadpool(work)
         except BundleError as error:
             status = 400 if error.code in _CLIENT_ERRORS else 422
-            audit.record(event, "refused", who=_who(request), reason=str(error)[:200])
+            await refused("refused", reason=str(error)[:200])
             return _outcome(status, error.code, str(error), error.expression)
         except _RejectionError as error:
-            audit.record(event, "refused", who=_who(request), reason=str(error)[:200])
+            await refused("refused", reason=str(error)[:200])
             return _outcome(error.status, error.code, str(error), error.expression)
         except EntryNotFoundError as error:
-            audit.record(event, "not-found", who=_who(request))
+            await refused("not-found")
             return _outcome(404, "not-found", str(error))
         except EntryConflictError as error:
-            audit.record(event, "conflict", who=_who(request), reason=str(error)[:200])
+            await refused("conflict", reason=str(error)[:200])
             return _outcome(409, "conflict", str(error))
         except DBAPIError:
-            audit.record(event, "unavailable", who=_who(request))
+            await refused("unavailable")
             return _outcome(503, "transient", "the registry database is unavailable; retry later")
         return render(result)
 
@@ -173,8 +187,8 @@ def create_registry_app(
 
         def work() -> tuple[Any, bool, list[str]]:
             try:
-                bundle = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+                bundle = orjson.loads(body)
+            except orjson.JSONDecodeError:
                 raise BundleError("the body is not JSON", code="structure") from None
             manifest, kos = read_submission(bundle)
             check_submission(manifest, kos, production=production)
@@ -192,6 +206,7 @@ def create_registry_app(
                 kos=manifest.kos_sop_instance_uid,
                 patient=patient_digest(manifest.patient_oid, manifest.patient_value),
                 replaces=outcome.entry.manifest.replaces,
+                durable=True,
             )
             return outcome.entry, outcome.created, order
 
@@ -255,7 +270,7 @@ def create_registry_app(
             if production:
                 _check_owner(request, entry)
             deleted = store.delete(entry_id)
-            audit.record("delete", "ok", who=_who(request), entry=entry_id)
+            audit.record("delete", "ok", who=_who(request), entry=entry_id, durable=True)
             return deleted
 
         return await guarded(

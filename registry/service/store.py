@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -19,7 +19,9 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    LargeBinary,
     and_,
+    bindparam,
     create_engine,
     event,
     insert,
@@ -27,6 +29,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -34,6 +38,7 @@ from registry.models import (
     EntryStatus,
     ManifestSubmission,
 )
+from registry.service._bulk import copy_entries
 from registry.service._rows import (
     EntryQuery,
     StoredEntry,
@@ -58,6 +63,52 @@ __all__ = [
 
 _WRITE = "registry_write"
 _SQLITE_BUSY_TIMEOUT_S = 30.0
+#: PostgreSQL pool: connections kept per worker process, extra ones under bursts.
+_POOL_SIZE = 8
+_POOL_OVERFLOW = 16
+_POOL_RECYCLE_S = 3600
+#: Executions of a statement before psycopg prepares it server-side (its default is 5).
+_PREPARE_THRESHOLD = 2
+#: SQLite: 64 MiB of page cache per connection (negative = KiB), memory-mapped reads.
+_SQLITE_CACHE_KIB = 64 * 1024
+_SQLITE_MMAP_BYTES = 1024 * 1024 * 1024
+
+
+_BIND_PREFIX = "new_"
+
+
+def _postgresql_publish() -> Any:
+    """``INSERT`` an entry unless its KOS UID exists, and its KOS, as one statement (built once).
+
+    Built from bound parameters (``new_<column>``) so that SQLAlchemy compiles it once: building
+    the statement per request from the row's values cost more CPU than the database did.
+    """
+    values = {
+        column.name: bindparam(_BIND_PREFIX + column.name, type_=column.type)
+        for column in entries.columns
+        if column.name != entries.c.pk.name
+    }
+    new_entry = (
+        postgresql_insert(entries)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=[entries.c.kos_sop_instance_uid])
+        .returning(entries.c.pk)
+        .cte("new_entry")
+    )
+    content = bindparam(_BIND_PREFIX + documents.c.content.name, type_=LargeBinary())
+    return (
+        insert(documents)
+        .from_select([documents.c.entry_pk, documents.c.content], select(new_entry.c.pk, content))
+        .returning(documents.c.entry_pk)
+    )
+
+
+_POSTGRESQL_PUBLISH = _postgresql_publish()
+_SQLITE_PUBLISH = (
+    sqlite_insert(entries)
+    .on_conflict_do_nothing(index_elements=[entries.c.kos_sop_instance_uid])
+    .returning(entries.c.pk)
+)
 
 
 class StoreError(Exception):
@@ -80,6 +131,25 @@ class PublishOutcome:
     created: bool
 
 
+def _postgresql_engines(url: str) -> tuple[Engine, Engine]:
+    """Return the engine and its autocommit twin for reads (same pool).
+
+    No ``pool_pre_ping``: it cost a round trip per request; a connection that broke (database
+    restart) fails its statement instead, the request is answered 503 (retryable) and
+    SQLAlchemy invalidates the pool. A single-statement read needs no transaction: reads run in
+    autocommit, one round trip (no ``BEGIN``/``ROLLBACK``). psycopg prepares a statement on
+    the server once it has run :data:`_PREPARE_THRESHOLD` times on a connection.
+    """
+    engine = create_engine(
+        url,
+        pool_size=_POOL_SIZE,
+        max_overflow=_POOL_OVERFLOW,
+        pool_recycle=_POOL_RECYCLE_S,
+        connect_args={"prepare_threshold": _PREPARE_THRESHOLD},
+    )
+    return engine, engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def _sqlite_engine(url: str) -> Engine:
     engine = create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
 
@@ -92,6 +162,9 @@ def _sqlite_engine(url: str) -> Engine:
             "synchronous=NORMAL",
             "foreign_keys=ON",
             "case_sensitive_like=ON",  # same LIKE semantics as PostgreSQL
+            f"cache_size=-{_SQLITE_CACHE_KIB}",
+            f"mmap_size={_SQLITE_MMAP_BYTES}",
+            "temp_store=MEMORY",
         ):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
@@ -116,9 +189,9 @@ class RegistryStore:
 
     def __init__(self, database_url: str) -> None:
         if database_url.startswith("sqlite"):
-            self._engine = _sqlite_engine(database_url)
+            self._engine = self._reader = _sqlite_engine(database_url)
         else:
-            self._engine = create_engine(database_url, pool_pre_ping=True)
+            self._engine, self._reader = _postgresql_engines(database_url)
         metadata.create_all(self._engine)
 
     @property
@@ -160,28 +233,54 @@ class RegistryStore:
 
     def _publish_once(self, manifest: ManifestSubmission, kos: bytes) -> PublishOutcome:
         digest = hashlib.sha256(kos).hexdigest()
+        if manifest.replaces is None:
+            created = self._insert_new(manifest, kos)
+            if created is not None:
+                return PublishOutcome(created, True)
+            with self._reader.connect() as connection:  # the KOS UID is taken: same content?
+                existing = self._one(
+                    connection, entries.c.kos_sop_instance_uid == manifest.kos_sop_instance_uid
+                )
+            if existing is None:
+                raise EntryConflictError("the KOS UID is taken but its entry is not visible")
+            return PublishOutcome(_same_publication(existing, manifest, digest), False)
         with self._writer() as connection, connection.begin():
             existing = self._one(
                 connection, entries.c.kos_sop_instance_uid == manifest.kos_sop_instance_uid
             )
             if existing is not None:
                 return PublishOutcome(_same_publication(existing, manifest, digest), False)
-            target = None
-            if manifest.replaces is not None:
-                target = self._replaced(connection, manifest)
+            target = self._replaced(connection, manifest)
             now = datetime.now(UTC)
             row = entry_row(
-                manifest,
-                entry_id=str(uuid.uuid4()),
-                kos=kos,
-                now=now,
-                replaces_id=None if target is None else target.entry_id,
+                manifest, entry_id=str(uuid.uuid4()), kos=kos, now=now, replaces_id=target.entry_id
             )
             pk = connection.execute(insert(entries).returning(entries.c.pk), row).scalar_one()
             connection.execute(insert(documents), {"entry_pk": pk, "content": kos})
-            if target is not None:
-                self._set_status(connection, target, EntryStatus.SUPERSEDED, now)
+            self._set_status(connection, target, EntryStatus.SUPERSEDED, now)
             return PublishOutcome(stored_entry(SimpleNamespace(pk=pk, **row)), True)
+
+    def _insert_new(self, manifest: ManifestSubmission, kos: bytes) -> StoredEntry | None:
+        """Insert a new entry and its KOS; ``None`` when its KOS UID is already stored.
+
+        PostgreSQL: one statement (a data-modifying CTE) in autocommit, one round trip; a
+        concurrent insert of the same KOS UID waits for the other and then does nothing.
+        SQLite: two statements under the write lock.
+        """
+        row = entry_row(
+            manifest, entry_id=str(uuid.uuid4()), kos=kos, now=datetime.now(UTC), replaces_id=None
+        )
+        if self.dialect == "postgresql":
+            parameters = {_BIND_PREFIX + name: value for name, value in row.items()}
+            parameters[_BIND_PREFIX + documents.c.content.name] = kos
+            with self._reader.connect() as connection:  # autocommit: the statement is atomic
+                pk = connection.execute(_POSTGRESQL_PUBLISH, parameters).scalar_one_or_none()
+        else:
+            with self._writer() as connection, connection.begin():
+                pk = connection.execute(_SQLITE_PUBLISH, row).scalar_one_or_none()
+                if pk is not None:
+                    connection.execute(insert(documents), {"entry_pk": pk, "content": kos})
+        return None if pk is None else stored_entry(SimpleNamespace(pk=pk, **row))
 
     def _replaced(self, connection: Connection, manifest: ManifestSubmission) -> StoredEntry:
         key = manifest.replaces or ""
@@ -235,16 +334,30 @@ class RegistryStore:
             assert deleted is not None
             return deleted
 
-    def insert_many(self, rows: Sequence[tuple[dict[str, Any], bytes]]) -> None:
-        """Insert prepared rows and their KOS in one transaction (bulk loading)."""
+    def insert_many(
+        self, rows: Iterable[tuple[dict[str, Any], bytes]], *, count: int | None = None
+    ) -> None:
+        """Insert prepared rows and their KOS in one transaction (bulk loading).
+
+        PostgreSQL streams them with ``COPY`` as ``rows`` yields them (:func:`copy_entries`;
+        ``count``, when given, is how many ``rows`` holds); SQLite uses one multi-row
+        ``INSERT`` per table.
+        """
+        if self.dialect == "postgresql":
+            if count is None:
+                listed = list(rows)
+                rows, count = listed, len(listed)
+            copy_entries(self._engine, rows, count)
+            return
+        batch = list(rows)
         with self._writer() as connection, connection.begin():
             pks = connection.execute(
                 insert(entries).returning(entries.c.pk, sort_by_parameter_order=True),
-                [row for row, _ in rows],
+                [row for row, _ in batch],
             ).scalars()
             connection.execute(
                 insert(documents),
-                [{"entry_pk": pk, "content": kos} for pk, (_, kos) in zip(pks, rows, strict=True)],
+                [{"entry_pk": pk, "content": kos} for pk, (_, kos) in zip(pks, batch, strict=True)],
             )
 
     # -- reads ---------------------------------------------------------------------------
@@ -256,7 +369,7 @@ class RegistryStore:
 
     def get(self, entry_id: str) -> StoredEntry | None:
         """Return one entry by id, or ``None``."""
-        with self._engine.connect() as connection:
+        with self._reader.connect() as connection:
             return self._one(connection, entries.c.entry_id == entry_id)
 
     def content(self, entry_id: str) -> bytes | None:
@@ -266,7 +379,7 @@ class RegistryStore:
             .join(entries, entries.c.pk == documents.c.entry_pk)
             .where(entries.c.entry_id == entry_id)
         )
-        with self._engine.connect() as connection:
+        with self._reader.connect() as connection:
             content = connection.execute(query).scalar_one_or_none()
         return None if content is None else bytes(content)
 
@@ -290,7 +403,7 @@ class RegistryStore:
         statement = statement.order_by(entries.c.period_start.desc(), entries.c.pk.desc()).limit(
             query.count + 1
         )
-        with self._engine.connect() as connection:
+        with self._reader.connect() as connection:
             found = [stored_entry(row) for row in connection.execute(statement)]
         page = found[: query.count]
         more = len(found) > query.count and bool(page)
