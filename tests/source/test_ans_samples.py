@@ -92,83 +92,56 @@ def test_every_publishable_sample_exam_is_published_once_with_a_valid_kos(
 
 
 @pytest.mark.integration
-def test_exam_m_whose_traits_contradict_the_ins_is_quarantined_with_the_reason(
+def test_exams_that_must_not_be_published_are_held_with_their_reason(
     site_factory: SiteFactory,
 ) -> None:
     site = site_factory()
-    study = load_exam(site, 114, "ACN114", patient=EXAM_M_PATIENT)
-
-    assert site.send(ans_message("CR_M-ORU")) == "AA"
-
-    exam = site.wait_state(study, ExamState.QUARANTINED)
-    assert exam.reason == M_TRAITS
-    assert attention(site) == {study: M_TRAITS}
-    row = publication_rows(site)[study]
-    assert (row["state"], row["reason"], row["registry_entry_id"]) == (
-        "quarantined", M_TRAITS, None,
-    )  # fmt: skip
-    assert site.entries() == []
-
-
-@pytest.mark.integration
-def test_report_whose_patient_differs_from_the_images_is_quarantined(
-    site_factory: SiteFactory,
-) -> None:
-    site = site_factory()
-    other = PatientTraits(birth_date="19790329")
-    study = load_exam(site, 103, "ACN103", patient=other)
-
-    assert site.send(ans_message("CR_C-ORU")) == "AA"
-
-    reason = "birth date differs between report and images"
-    assert site.wait_state(study, ExamState.QUARANTINED).reason == reason
-    assert attention(site) == {study: reason}
-    assert site.entries() == []
-
-
-@pytest.mark.integration
-def test_unqualified_identity_is_quarantined(site_factory: SiteFactory) -> None:
-    site = site_factory()
-    study = load_exam(site, 103, "ACN103")
-
-    message = ans_message("CR_C-ORU", {b"|N|VALI\r": b"|N|PROV\r"})
-    assert site.send(message) == "AA"
-
-    reason = "identity is not qualified (PID-32 must be VALI with an INS)"
-    assert site.wait_state(study, ExamState.QUARANTINED).reason == reason
-    assert publication_rows(site)[study]["reason"] == reason
-    assert site.entries() == []
-
-
-@pytest.mark.integration
-def test_exam_g2_naming_a_study_that_is_not_the_accessions_is_quarantined(
-    site_factory: SiteFactory,
-) -> None:
-    site = site_factory()
+    exam_m = load_exam(site, 114, "ACN114", patient=EXAM_M_PATIENT)
+    exam_e = load_exam(site, 105, "ACN105", patient=PatientTraits(birth_date="19790329"))
+    exam_c = load_exam(site, 103, "ACN103")
+    exam_h = load_exam(site, 109, "ACN109")
     load_exam(site, 108, "ACN108")  # the PACS holds ACN108 under exam G's StudyInstanceUID
+    dummy_g2 = "1.2.3.4.5.6.7.8.9"
+    expected = {
+        # exam M: traits contradicting the INS (report-level identity vigilance)
+        exam_m: ("quarantined", M_TRAITS),
+        # exam E with images of another birth date (report-versus-images coherence)
+        exam_e: ("quarantined", "birth date differs between report and images"),
+        # exam C with an unqualified identity (PID-32 PROV)
+        exam_c: ("quarantined", "identity is not qualified (PID-32 must be VALI with an INS)"),
+        # exam G2: a dummy StudyInstanceUID whose accession is exam G's
+        dummy_g2: (
+            "quarantined",
+            "StudyInstanceUID of the report does not match the images: the PACS holds the "
+            "report's accession number under another StudyInstanceUID",
+        ),
+        # exam H not destined to the DMP
+        exam_h: ("not-for-dmp", "the DMP flag forbids publication"),
+    }
+    messages = [
+        ans_message("CR_M-ORU"),
+        ans_message("CR_E-ORU"),
+        ans_message("CR_C-ORU", {b"|N|VALI\r": b"|N|PROV\r"}),
+        ans_message("CR_G2-ORU"),
+        with_flag(ans_message("CR_H-ORU"), b"DESTDMP", b"N"),
+    ]
 
-    assert site.send(ans_message("CR_G2-ORU")) == "AA"
+    for message in messages:
+        assert site.send(message) == "AA"
 
-    dummy = "1.2.3.4.5.6.7.8.9"
-    exam = site.wait_state(dummy, ExamState.QUARANTINED)
-    assert exam.reason is not None
-    assert "StudyInstanceUID of the report does not match the images" in exam.reason
-    assert dummy in attention(site)
-    assert site.box.index.statistics().instances == 0  # nothing fetched
+    for study, (state, reason) in expected.items():
+        exam = site.wait_state(study, ExamState(state))
+        assert exam.reason == reason, study
+        assert exam.kos_sop_instance_uid is None
+    assert attention(site) == {
+        study: reason for study, (state, reason) in expected.items() if state == "quarantined"
+    }
+    rows = publication_rows(site)
+    assert {s: (r["state"], r["reason"]) for s, r in rows.items()} == expected
+    assert {r["registry_entry_id"] for r in rows.values()} == {None}
+    assert site.box.index.locate(dummy_g2) == []  # nothing fetched for G2
     assert site.entries() == []
-
-
-@pytest.mark.integration
-def test_report_not_destined_to_the_dmp_is_not_published(site_factory: SiteFactory) -> None:
-    site = site_factory()
-    study = load_exam(site, 103, "ACN103")
-
-    assert site.send(with_flag(ans_message("CR_C-ORU"), b"DESTDMP", b"N")) == "AA"
-
-    exam = site.wait_state(study, ExamState.NOT_FOR_DMP)
-    assert exam.kos_sop_instance_uid is None
-    assert publication_rows(site)[study]["state"] == "not-for-dmp"
-    assert site.entries() == []
+    assert site.box.publications.jobs() == []
 
 
 @pytest.mark.integration
