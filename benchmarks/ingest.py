@@ -9,7 +9,8 @@ Orthanc binds every interface, so run it in a private network namespace::
 
     bash tools/in-netns.sh .venv/bin/python -m benchmarks.ingest [--quick]
 
-It takes a few minutes; ``--quick`` uses 60 CT slices and 400 small instances.
+It takes a few minutes; ``--quick`` uses 60 CT slices and 400 small instances;
+``--processes N`` runs the box as ``drimbox serve --dimse-processes N`` instead of in-process.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from drimbox.dimse.scp import DimseServer
 from drimbox.index import open_index
 from drimbox.services.ingest import IngestService
 from drimbox.storage import FilesystemBlobStore
+from tests.fixtures.box import ServedBox, free_port
 from tests.fixtures.orthanc import start_orthanc
 
 __all__ = ["main"]
@@ -152,6 +154,28 @@ def box_target(directory: Path) -> Iterator[int]:
         index.close()
 
 
+def served_box_target(processes: int) -> Callable[[Path], AbstractContextManager[int]]:
+    """A fresh ``drimbox serve --dimse-processes N`` (the product's own multi-process path)."""
+
+    @contextmanager
+    def target(directory: Path) -> Iterator[int]:
+        box = ServedBox(
+            data_dir=directory / "data",
+            dimse_port=free_port(),
+            http_port=free_port(),
+            hl7_port=free_port(),
+            aet=BOX_AET,
+            extra_args=["--dimse-processes", str(processes)],
+        )
+        box.start()
+        try:
+            yield box.dimse_port
+        finally:
+            box.stop()
+
+    return target
+
+
 @contextmanager
 def orthanc_target(directory: Path) -> Iterator[int]:
     """A fresh Orthanc listening on a free DICOM port."""
@@ -211,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smaller data (a quick check)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where data is kept")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="run the box as `drimbox serve --dimse-processes N` (default: in-process, one "
+        "process, filesystem + SQLite)",
+    )
     arguments = parser.parse_args(argv)
     configure_pynetdicom()
     corpora = make_corpora(arguments.cache, quick=arguments.quick)
@@ -219,7 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         results = measure(
             corpora,
             Path(work),
-            {"box": (BOX_AET, box_target), "orthanc": ("PACS", orthanc_target)},
+            {
+                "box": (
+                    BOX_AET,
+                    box_target
+                    if not arguments.processes
+                    else served_box_target(arguments.processes),
+                ),
+                "orthanc": ("PACS", orthanc_target),
+            },
         )
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(table(results))
