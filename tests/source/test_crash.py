@@ -113,31 +113,3 @@ def test_kill_9_after_the_registry_committed_but_before_the_box_knew_publishes_o
     ]
     with RegistryClient(standalone_registry.url) as client:
         dciodvfy(client.retrieve(entry.entry_id), tmp_path)
-
-
-@pytest.mark.integration
-def test_kill_9_while_the_registry_is_down_publishes_once_after_restart(
-    served_box_factory: Callable[..., ServedBox], standalone_registry: StandaloneRegistry
-) -> None:
-    box = served(served_box_factory, standalone_registry.url)
-    box.start()
-    images = [part10(ds) for ds in exam_datasets(EXAM_C, "ACN103")]
-    stored = httpx.post(
-        f"{box.dicomweb_url}/studies", content=multipart_body(images), headers=stow_headers()
-    )
-    assert stored.status_code == httpx.codes.OK, stored.text
-    standalone_registry.stop()
-
-    assert ack_code(send_message("127.0.0.1", box.hl7_port, ans_message("CR_C-ORU"))) == "AA"
-    wait_for(
-        lambda: (exam := exam_state(box)) is not None and exam.state is ExamState.QUEUED,
-        30,
-        "the job to be queued",
-    )
-    box.kill()
-    standalone_registry.start()
-    box.start()
-
-    done = wait_published(box)
-    (entry,) = registry_entries(standalone_registry.url)
-    assert (entry.status, entry.entry_id) == (EntryStatus.CURRENT, done["registry_entry_id"])
