@@ -187,6 +187,9 @@ class ReportWorker:
         except DrimboxError as error:
             self._audit.record("hl7.report", "failure", inbox_id=inbox_id, reason=str(error))
             _log.error("hl7.report_failed inbox_id=%s error=%s", inbox_id, error)
+        except Exception:  # a bug must neither stop the worker nor lose the message
+            _log.exception("hl7.report_error inbox_id=%s (kept pending)", inbox_id)
+            return False
         self._inbox.mark_done(inbox_id)
         return True
 

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Protocol
 
+from drimbox.dicom.uids import is_valid_uid
 from drimbox.errors import DrimboxError, PacsError
 from drimbox.identity import PatientIdentity, StudyFacts, publication_problems, study_mismatches
 from drimbox.model import (
@@ -41,7 +42,7 @@ from drimbox.ports import AuditLog, BlobStore, Index, Pacs, PublicationStore
 from drimbox.services.manifests import build_submission, submission_to_dict
 from drimbox.services.reports import ReportAction, ReportNotice, notice_from_dict, notice_to_dict
 
-__all__ = ["ManifestBuilder", "ManifestDraft", "PublicationService"]
+__all__ = ["INVALID_STUDY_UID", "ManifestBuilder", "ManifestDraft", "PublicationService"]
 
 _log = logging.getLogger("drimbox.publication")
 
@@ -73,6 +74,8 @@ class ManifestDraft:
     study_attributes: dict[str, Any] = field(default_factory=dict)
     series_modalities: dict[str, str] = field(default_factory=dict)
 
+
+INVALID_STUDY_UID = "the report's StudyInstanceUID is not a valid DICOM UID (PS3.5 §9.1)"
 
 _ACCESSION_OF_ANOTHER_STUDY = (
     "StudyInstanceUID of the report does not match the images: the PACS holds the report's "
@@ -191,6 +194,8 @@ class PublicationService:
         ]
         if not notice.study_instance_uid:
             problems.append("the report names no StudyInstanceUID")
+        elif not is_valid_uid(notice.study_instance_uid):
+            problems.append(INVALID_STUDY_UID)
         if problems:
             return self._settle(notice, exam, report, ExamState.QUARANTINED, "; ".join(problems))
         if not notice.send_to_dmp:

@@ -3,6 +3,7 @@ studies, the site (Orthanc as PACS + a box), a standalone registry process, CLI 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -59,6 +60,7 @@ __all__ = [
     "retrieve_series",
     "wait_for",
     "with_flag",
+    "with_study_uid",
 ]
 
 BOX_AET = "DRIMBOX"
@@ -70,6 +72,7 @@ ANS_STUDY_ROOT = "1.2.250.1.213.4.5.2.1."
 """StudyInstanceUIDs of the ANS exams: this root + 101 (exam A) ... 114 (exam M)."""
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _DRIMBOX = Path(sys.executable).parent / "drimbox"
+_OBX5 = b"^TEXT^XML^Base64^"
 _POLL = 0.05
 _PREAMBLE = 128
 _META_START = _PREAMBLE + 4  # (0002,0000) UL, explicit VR: tag 4 + VR 2 + length 2 + value 4
@@ -103,6 +106,17 @@ def ans_message(name: str, replacements: dict[bytes, bytes] | None = None) -> by
         assert old in raw, f"{old!r} is not in {name}"
         raw = raw.replace(old, new)
     return raw
+
+
+def with_study_uid(message: bytes, old: str, new: str) -> bytes:
+    """``message`` whose CDA (Base64 in OBX-5) names StudyInstanceUID ``new`` instead of ``old``."""
+    start = message.index(_OBX5) + len(_OBX5)
+    end = message.index(b"|", start)
+    cda = base64.b64decode(message[start:end])
+    marker = f'<id root="{old}"/>'.encode()
+    assert cda.count(marker) == 1
+    encoded = base64.b64encode(cda.replace(marker, f'<id root="{new}"/>'.encode()))
+    return message[:start] + encoded + message[end:]
 
 
 def exam_datasets(

@@ -4,13 +4,19 @@ published; the box keeps serving the next (valid) report."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 
+from drimbox.audit import MemoryAuditLog
+from drimbox.hl7.inbox import HL7Inbox
 from drimbox.hl7.mllp import send_message
+from drimbox.hl7.reports import ReportWorker
 from drimbox.model import ExamState
+from drimbox.services.publication import INVALID_STUDY_UID
+from drimbox.services.reports import ReportNotice
 from tests.hl7.ans import OMI_SAMPLE
-from tests.source._support import ans_message, ans_study, exam_datasets
+from tests.source._support import ans_message, ans_study, exam_datasets, with_study_uid
 from tests.source.conftest import SiteFactory
 
 EXAM_C = ans_study(103)
@@ -69,3 +75,46 @@ def test_malformed_messages_are_refused_and_nothing_is_kept_or_published(
     assert site.send(ans_message("CR_C-ORU")) == "AA"  # still serving
     site.wait_state(EXAM_C, ExamState.PUBLISHED)
     assert len(site.entries()) == 1
+
+
+INVALID_UIDS = {"text": "not-a-uid", "too-long": "1.2.3." + "4" * 70, "leading-zero": "1.2.03.4"}
+
+
+@pytest.mark.integration
+def test_reports_naming_an_invalid_study_uid_are_quarantined_and_the_box_keeps_working(
+    site_factory: SiteFactory,
+) -> None:
+    site = site_factory()
+    site.push(site.load(exam_datasets(EXAM_C, "ACN103")))
+    for uid in INVALID_UIDS.values():
+        assert site.send(with_study_uid(ans_message("CR_J-ORU"), ans_study(111), uid)) == "AA"
+
+    assert site.send(ans_message("CR_C-ORU")) == "AA"
+
+    site.wait_state(EXAM_C, ExamState.PUBLISHED)
+    for uid in INVALID_UIDS.values():
+        assert site.wait_state(uid, ExamState.QUARANTINED).reason == INVALID_STUDY_UID
+    assert [e.manifest.study_instance_uid for e in site.entries()] == [EXAM_C]
+    assert site.audit("publication.pacs_retrieve") == []  # the PACS was not asked
+
+
+def test_report_worker_survives_an_unexpected_error_and_keeps_the_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inbox = HL7Inbox(tmp_path / "inbox")
+    poison = inbox.store(ans_message("CR_J-ORU"))
+    inbox.store(ans_message("CR_C-ORU"))
+    handled: list[str] = []
+
+    def handle(notice: ReportNotice) -> None:
+        if notice.study_instance_uid == ans_study(111):
+            raise RuntimeError("a bug")
+        handled.append(notice.study_instance_uid)
+
+    worker = ReportWorker(inbox, handle, MemoryAuditLog(), allow_test_oids=True)
+
+    assert worker.run_once() == 1  # the next message is processed all the same
+
+    assert handled == [EXAM_C]
+    assert inbox.pending() == [poison]  # kept, retried at the next scan
+    assert "kept pending" in caplog.text
