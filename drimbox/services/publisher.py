@@ -176,6 +176,20 @@ class Publisher:
                 )
             )
             return False
+        except Exception as error:  # e.g. a gateway answering HTML: retry, never kill the worker
+            _log.exception("publisher.unexpected_error job=%s", job.job_id)
+            delay = backoff_delay(
+                attempts, base=self._base_delay, cap=self._max_delay, rng=self._rng
+            )
+            self._store.postpone_job(
+                replace(
+                    job,
+                    attempts=attempts,
+                    next_attempt_at=self._clock() + timedelta(seconds=delay),
+                    last_error=f"unexpected error: {type(error).__name__}: {error}"[:500],
+                )
+            )
+            return False
         self._complete(job, exam, attempts, entry_id)
         return True
 

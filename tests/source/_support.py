@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.server
 import io
 import json
 import socket
@@ -43,6 +44,7 @@ __all__ = [
     "INS",
     "ORG_ROOT",
     "PACS_AET",
+    "Gateway",
     "HoldingProxy",
     "PatientTraits",
     "Site",
@@ -74,6 +76,7 @@ ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _DRIMBOX = Path(sys.executable).parent / "drimbox"
 _OBX5 = b"^TEXT^XML^Base64^"
 _POLL = 0.05
+_HOP_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
 _PREAMBLE = 128
 _META_START = _PREAMBLE + 4  # (0002,0000) UL, explicit VR: tag 4 + VR 2 + length 2 + value 4
 _START_TIMEOUT = 30.0
@@ -438,3 +441,54 @@ class HoldingProxy:
         for sock in (source, target):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+class Gateway:
+    """An HTTP gateway in front of the registry; while ``broken`` it answers every request
+    ``200 text/html`` (a misconfigured proxy's page), else it forwards to the registry."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.broken = threading.Event()
+        gateway = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_: Any) -> None:
+                return
+
+            def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if gateway.broken.is_set():
+                    status, headers, content = 200, {"Content-Type": "text/html"}, b"<html/>"
+                else:
+                    forwarded = {
+                        k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS
+                    }
+                    answer = httpx.request(
+                        self.command, gateway.upstream + self.path, headers=forwarded,
+                        content=body, timeout=30,
+                    )  # fmt: skip
+                    status, content = answer.status_code, answer.content
+                    headers = {"Content-Type": answer.headers.get("content-type", "")}
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _relay  # noqa: N815 (http.server names)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        """The registry's FHIR base through the gateway."""
+        return f"http://127.0.0.1:{self.port}/registry"
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()

@@ -8,14 +8,16 @@ from typing import Any
 
 import pytest
 
-from drimbox.model import ExamState, JobState
+from drimbox.model import ExamState, JobState, OutboxJob
 from registry.models import EntryStatus
 from tests.source._support import (
+    Gateway,
     StandaloneRegistry,
     ans_message,
     ans_study,
     cli_json,
     exam_datasets,
+    registry_entries,
     wait_for,
 )
 from tests.source.conftest import SiteFactory
@@ -122,3 +124,30 @@ def test_registry_refusal_is_final_and_needs_attention(
         assert [r["outcome"] for r in site.audit("registry.publish")] == ["rejected"]
     finally:
         registry.stop()
+
+
+@pytest.mark.integration
+def test_gateway_answering_html_is_retried_then_published_once(
+    site_factory: SiteFactory, standalone_registry: StandaloneRegistry
+) -> None:
+    gateway = Gateway(standalone_registry.url.removesuffix("/registry"))
+    try:
+        gateway.broken.set()
+        site = site_factory(registry_url=gateway.url)
+        site.push(site.load(exam_datasets(EXAM_C, "ACN103")))
+        assert site.send(ans_message("CR_C-ORU")) == "AA"
+
+        def retried() -> OutboxJob | None:
+            jobs = site.box.publications.jobs()
+            return jobs[0] if jobs and jobs[0].attempts >= 2 else None
+
+        job = wait_for(retried, 20, "the outbox to retry")
+        assert job.state is JobState.PENDING
+        assert job.last_error is not None and job.last_error.startswith("unexpected error")
+        gateway.broken.clear()
+
+        exam = site.wait_state(EXAM_C, ExamState.PUBLISHED)
+        (entry,) = registry_entries(standalone_registry.url)
+        assert (entry.entry_id, entry.status) == (exam.registry_entry_id, EntryStatus.CURRENT)
+    finally:
+        gateway.close()
