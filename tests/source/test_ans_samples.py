@@ -72,6 +72,8 @@ def test_every_publishable_sample_exam_is_published_once_with_a_valid_kos(
         for _, exams in PUBLISHED.values()
         for number, accession in exams
     ]
+    site.push([i for ids in site.loaded.values() for i in ids])  # the modality sent them
+    site.wait_stable()
 
     for messages, _ in PUBLISHED.values():
         for name in messages:

@@ -40,6 +40,8 @@ def assert_published_and_retrievable(site: Site, study: str, tmp_path: Path) -> 
     assert document.sop_instance_uid == current[0].manifest.kos_sop_instance_uid
     assert document.sop_instance_uid.startswith(ORG_ROOT + ".")
     assert document.patient_id == "279035121518989"
+    assert document.accession_numbers == ("ACN103",)
+    assert document.study_instance_uid == study
     series = list(kos_series(document))
     assert len(series) == 2
     for evidence_study, series_uid, url, uids in series:
