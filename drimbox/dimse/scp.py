@@ -45,10 +45,12 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.association import Association
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from drimbox.config import Peer
 from drimbox.dicom.part10 import DICM_PREFIX, PREAMBLE_LENGTH
+from drimbox.dimse.reactor import make_event_driven
 from drimbox.dimse.status import (
     ASSOCIATE_RJ_RESULT_REJECTED_PERMANENT,
     ASSOCIATE_RJ_SOURCE_SERVICE_USER,
@@ -90,10 +92,6 @@ VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 _VERIFICATION_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _MAXIMUM_PDU_SIZE = 1 << 20  # what we receive per P-DATA-TF; fewer, larger PDUs cost less
 _MAXIMUM_ASSOCIATIONS = 64
-# pynetdicom's DUL thread sleeps this long whenever it finds nothing to do (1 ms by default);
-# each C-STORE crosses several such idle polls, so a shorter delay raises the instances/s of
-# one association at the price of a little idle CPU.
-_DUL_IDLE_POLL_SECONDS = 0.0002
 _STOP_TIMEOUT_SECONDS = 5.0
 _FILE_META_HEAD = PREAMBLE_LENGTH + len(DICM_PREFIX) + 12  # preamble, DICM, (0002,0000) UL
 
@@ -113,6 +111,15 @@ class _Server(ThreadedAssociationServer):
         client, address = super().get_request()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
+
+
+class _RequestHandler(RequestHandler):
+    """pynetdicom's request handler, building event-driven acceptors (:mod:`.reactor`)."""
+
+    def _create_association(self) -> Association:
+        association = super()._create_association()
+        make_event_driven(association)
+        return association
 
 
 class DimseServer:
@@ -182,6 +189,7 @@ class DimseServer:
                     (evt.EVT_C_STORE, self._on_c_store),
                 ],
                 server_class=server_class,
+                request_handler=_RequestHandler,
             )
             ae._servers.append(server)
             thread = threading.Thread(
@@ -225,7 +233,6 @@ class DimseServer:
 
     def _on_association_requested(self, event: evt.Event) -> None:
         association = event.assoc
-        association.dul._run_loop_delay = _DUL_IDLE_POLL_SECONDS
         request = cast(Any, association.requestor.primitive)
         calling = str(request.calling_ae_title).strip()
         called = str(request.called_ae_title).strip()

@@ -14,15 +14,16 @@ Policy
   Information agrees with the data set and the instance belongs to the target study.
 - **Order.** Blob put (durable) → index add → success. If the index fails, the blob is deleted
   and the error propagates: nothing is left half-visible.
-- **Duplicates** (same SOP Instance UID, even concurrently): the first copy is kept, the
-  received copy is dropped and the store answers success with ``duplicate=True``;
-  ``identical`` tells whether the bytes were the same. Differing bytes are audited and logged
+- **Duplicates** (same SOP Instance UID, even concurrently): the index add reports them
+  atomically (no lookup beforehand: duplicates are rare, every new instance would pay it); the
+  first copy is kept, the received copy (already written, its SHA-256 computed) is deleted
+  and the store answers success with ``duplicate=True``; ``identical`` tells whether the
+  bytes were the same. Differing bytes are audited and logged
   as a warning (the held copy is never silently replaced).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import tempfile
@@ -272,12 +273,6 @@ class IngestService:
         chunks: Callable[[], Iterator[bytes]],
         source: str,
     ) -> StoreResult:
-        held = self._index.get_instance(identity.sop_instance_uid)
-        if held is not None:
-            digest = hashlib.sha256()
-            for chunk in chunks():
-                digest.update(chunk)
-            return self._duplicate(held, digest.hexdigest(), source)
         pixel = header.pixel_data
         pixel_offset = (
             data_set_offset + pixel.value_offset
