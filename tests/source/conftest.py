@@ -10,7 +10,13 @@ import pytest
 
 from tests.fixtures.box import free_port
 from tests.fixtures.orthanc import OrthancFactory
-from tests.source._support import BOX_AET, ORG_ROOT, PACS_AET, Site, StandaloneRegistry
+from tests.source._network import StandaloneRegistry
+from tests.source._support import (
+    BOX_AET,
+    ORG_ROOT,
+    PACS_AET,
+    Site,
+)
 from tests.unit.test_kos import dciodvfy
 
 SiteFactory = Callable[..., Site]

@@ -16,10 +16,9 @@ from registry.client import RegistryClient
 from registry.models import EntryStatus
 from tests.dicomweb.conftest import multipart_body, stow_headers
 from tests.fixtures.box import ServedBox
+from tests.source._network import HoldingProxy, StandaloneRegistry
 from tests.source._support import (
     ORG_ROOT,
-    HoldingProxy,
-    StandaloneRegistry,
     ack_code,
     ans_message,
     ans_study,

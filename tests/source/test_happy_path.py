@@ -9,10 +9,10 @@ import pytest
 
 from drimbox.model import ExamState
 from registry.models import EntryStatus
+from tests.source._network import StandaloneRegistry
 from tests.source._support import (
     ORG_ROOT,
     Site,
-    StandaloneRegistry,
     ans_message,
     ans_study,
     exam_datasets,

@@ -10,9 +10,8 @@ import pytest
 
 from drimbox.model import ExamState, JobState, OutboxJob
 from registry.models import EntryStatus
+from tests.source._network import Gateway, StandaloneRegistry
 from tests.source._support import (
-    Gateway,
-    StandaloneRegistry,
     ans_message,
     ans_study,
     cli_json,
