@@ -32,7 +32,7 @@ app = typer.Typer(
 registry_app = typer.Typer(help="The reference national registry (IHE MHD / FHIR R4).")
 app.add_typer(registry_app, name="registry")
 
-_console = Console(stderr=True)
+_console = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None,
@@ -124,6 +124,18 @@ def serve(
         _console.print("stopped.")
 
 
+def _existing_box(config: Path | None, data_dir: Path | None) -> Settings:
+    """Settings of a box whose data directory must already exist (read-only commands)."""
+    settings = _settings(config, data_dir=data_dir)
+    if not settings.data_dir.is_dir():
+        _console.print(
+            f"[bold red]no box here:[/] {settings.data_dir} does not exist; give the --data-dir "
+            "of a box (the directory `drimbox serve` uses)"
+        )
+        raise typer.Exit(code=2)
+    return settings
+
+
 def _lock_data_dir(data_dir: Path) -> int:
     fd = os.open(data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -164,7 +176,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show what the box holds: patients, studies, series, instances, bytes stored."""
-    settings = _settings(config, data_dir=data_dir)
+    settings = _existing_box(config, data_dir)
     from drimbox.bootstrap import build_adapters
     from drimbox.index.publications import open_publication_store
 
@@ -224,7 +236,7 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Check that the index and the blob store agree; exit 0 only when consistent."""
-    settings = _settings(config, data_dir=data_dir)
+    settings = _existing_box(config, data_dir)
     from drimbox.bootstrap import build_adapters
     from drimbox.services.reconcile import reconcile
 
@@ -265,7 +277,7 @@ def publications(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List the exams of the source workflow: state, version, registry entry, reason."""
-    settings = _settings(config, data_dir=data_dir)
+    settings = _existing_box(config, data_dir)
     from drimbox.index.publications import open_publication_store
 
     store = open_publication_store(settings.resolved_index_url)

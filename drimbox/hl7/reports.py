@@ -24,11 +24,11 @@ from drimbox.identity import StudyFacts
 from drimbox.ports import AuditLog
 from drimbox.services.reports import ReportAction, ReportNotice
 
-__all__ = ["ReportWorker", "notices_from_message"]
+__all__ = ["NO_STUDY_PREFIX", "ReportWorker", "notices_from_message"]
 
 _log = logging.getLogger("drimbox.hl7.reports")
-_MODALITY_CODE_SYSTEM = "1.2.840.10008.2.16.4"
-"""DICOM Controlled Terminology (PS3.16) as an HL7 v3 code system OID."""
+NO_STUDY_PREFIX = "no-study-"
+"""Key prefix of the exam recorded for a report that names no StudyInstanceUID."""
 
 
 def notices_from_message(
@@ -75,11 +75,13 @@ def notices_from_message(
         for code in document.anatomic_regions
     )  # fmt: skip
     action = ReportAction.CANCEL if message.action is MessageAction.CANCEL else ReportAction.PUBLISH
-    studies = message.study_instance_uids or ("",)
+    # A report naming no study is still recorded (and quarantined) under a key of its own, so
+    # that two such reports never overwrite each other.
+    studies = message.study_instance_uids or (f"{NO_STUDY_PREFIX}{digest[:40]}",)
     notices = []
     for study in studies:
         facts = StudyFacts(
-            study_instance_uids=(study,) if study else (),
+            study_instance_uids=() if study.startswith(NO_STUDY_PREFIX) else (study,),
             accession_numbers=message.accession_numbers,
             patient=message.patient,
         )

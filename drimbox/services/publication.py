@@ -192,8 +192,9 @@ class PublicationService:
             )
             if problem not in problems
         ]
-        if not notice.study_instance_uid:
-            problems.append("the report names no StudyInstanceUID")
+        if not notice.study_instance_uid or not notice.facts.study_instance_uids:
+            if not any("StudyInstanceUID" in problem for problem in problems):
+                problems.append("the report names no StudyInstanceUID")
         elif not is_valid_uid(notice.study_instance_uid):
             problems.append(INVALID_STUDY_UID)
         if problems:

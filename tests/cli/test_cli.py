@@ -99,3 +99,12 @@ def test_verify_reports_and_repairs_an_orphan_blob(tmp_path: Path) -> None:
     repaired = _run("verify", "--repair", "--grace", "0", "--data-dir", str(tmp_path))
     assert repaired.returncode == 0, repaired.stdout
     assert _run("verify", "--data-dir", str(tmp_path)).returncode == 0
+
+
+def test_read_only_commands_refuse_a_missing_data_dir(tmp_path: Path) -> None:
+    for command in ("status", "verify", "publications"):
+        result = _run(command, "--data-dir", str(tmp_path / "missing"))
+        assert result.returncode == 2, command
+        assert "does not exist" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "missing").exists()

@@ -297,3 +297,18 @@ def test_every_step_is_audited(world: World) -> None:
     world.service.handle_report(notice())
     events = [event["event"] for event in world.audit.events]
     assert "publication.queued" in events
+
+
+def test_reports_naming_no_study_are_quarantined_each_under_its_own_key(world: World) -> None:
+    from drimbox.hl7.reports import NO_STUDY_PREFIX
+
+    for number in (1, 2):
+        no_study = notice(
+            message_id=f"m-no-study-{number}",
+            study_instance_uid=f"{NO_STUDY_PREFIX}{number}",
+            facts=replace(notice().facts, study_instance_uids=()),
+        )
+        exam = world.service.handle_report(no_study)
+        assert exam.state is ExamState.QUARANTINED
+        assert exam.reason == "the report names no StudyInstanceUID"
+    assert len(world.store.exams()) == 2
