@@ -54,6 +54,7 @@ class FileAuditLog:
         self._lock = threading.Lock()  # the open file, append order and the cached hash
         self._sync_lock = threading.Lock()  # the file stays open while it is synced
         self._fd: int | None = None
+        self._pid = os.getpid()  # the process that opened ``_fd``
         self._end = -1  # file size after our last append (-1: unknown)
         self._last = _GENESIS
         self._dirty = threading.Event()  # appended since the last fdatasync
@@ -103,6 +104,10 @@ class FileAuditLog:
                 yield json.loads(line)
 
     def _open(self) -> int:
+        if self._fd is not None and self._pid != os.getpid():
+            # Forked: the inherited descriptor shares the parent's flock; use our own.
+            os.close(self._fd)
+            self._fd, self._flusher = None, None
         if self._fd is not None:
             try:
                 current = os.stat(self._path).st_ino
@@ -112,6 +117,7 @@ class FileAuditLog:
                 return self._fd
             self._release()  # rotated away: finish the old file, start the new one
         self._fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        self._pid = os.getpid()
         self._end = -1
         return self._fd
 

@@ -222,6 +222,7 @@ class Box:
         self.publications.close()
         self.index.close()
         self.blobs.close()
+        _close_audit(self.audit)
 
     def _start_http(self) -> None:
         config = uvicorn.Config(
@@ -464,6 +465,13 @@ def run_dimse_receiver(settings: Settings) -> None:
         server.stop()
         index.close()
         blobs.close()
+        _close_audit(audit)
+
+
+def _close_audit(audit: AuditLog) -> None:
+    """Sync the audit trail's last records (see :mod:`drimbox.audit`: group commit)."""
+    if isinstance(audit, FileAuditLog):
+        audit.close()
 
 
 def data_dir_lock_path(settings: Settings) -> Path:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
 import socket
@@ -46,6 +47,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from drimbox.config import Peer
@@ -111,6 +113,24 @@ class _Server(ThreadedAssociationServer):
         client, address = super().get_request()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
+
+
+class _Contexts(list[PresentationContext]):
+    """The server's supported contexts, copied cheaply for each new association.
+
+    pynetdicom deep-copies them per association (about 130 storage SOP classes x 16 transfer
+    syntaxes: tens of milliseconds, more on a loaded machine). Their only mutable part is
+    the transfer syntax list (UIDs, ints and flags are immutable), so a shallow copy of each
+    context with its own list is an equivalent copy.
+    """
+
+    def __deepcopy__(self, memo: dict[int, object]) -> list[PresentationContext]:
+        copies = []
+        for context in self:
+            duplicate = copy.copy(context)
+            duplicate._transfer_syntax = list(context._transfer_syntax)
+            copies.append(duplicate)
+        return copies
 
 
 class _RequestHandler(RequestHandler):
@@ -191,6 +211,7 @@ class DimseServer:
                 server_class=server_class,
                 request_handler=_RequestHandler,
             )
+            server.contexts = _Contexts(server.contexts)
             ae._servers.append(server)
             thread = threading.Thread(
                 target=server.serve_forever,
