@@ -23,6 +23,7 @@ from drimbox.hl7.vigilance import report_problems
 from drimbox.identity import StudyFacts
 from drimbox.ports import AuditLog
 from drimbox.services.reports import ReportAction, ReportNotice
+from drimbox.services.worker import PollingWorker
 
 __all__ = ["NO_STUDY_PREFIX", "ReportWorker", "notices_from_message"]
 
@@ -151,22 +152,24 @@ class ReportWorker:
         self._handle_report = handle_report
         self._audit = audit
         self._allow_test_oids = allow_test_oids
-        self._poll_interval = poll_interval
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = PollingWorker(
+            "drimbox-hl7",
+            self.run_once,
+            interval=poll_interval,
+            recoverable=(OSError, DrimboxError),
+        )
         self._lock = threading.Lock()
 
     def wake(self, *_: object) -> None:
         """Ask the worker to scan the inbox now (usable as the handler's ``on_stored``)."""
-        self._wake.set()
+        self._worker.wake()
 
     def run_once(self) -> int:
         """Process every pending message; return how many were completed."""
         completed = 0
         with self._lock:
             for inbox_id in self._inbox.pending():
-                if self._stopping.is_set():
+                if self._worker.stopping:
                     break
                 if self._process(inbox_id):
                     completed += 1
@@ -197,24 +200,8 @@ class ReportWorker:
 
     def start(self) -> None:
         """Start the worker thread."""
-        if self._thread is None:
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._run, name="drimbox-hl7", daemon=True)
-            self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
         """Stop the worker thread."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.run_once()
-            except (OSError, DrimboxError) as error:
-                _log.warning("hl7.worker_scan_failed error=%s", error)
-            self._wake.wait(self._poll_interval)
-            self._wake.clear()
+        self._worker.stop()

@@ -16,7 +16,6 @@ The steps for one report (each audited, each idempotent):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -27,18 +26,17 @@ from typing import Any, Protocol
 
 from drimbox.dicom.uids import is_valid_uid
 from drimbox.errors import DrimboxError, PacsError
-from drimbox.identity import PatientIdentity, StudyFacts, publication_problems, study_mismatches
+from drimbox.identity import publication_problems, study_mismatches
 from drimbox.model import (
     Exam,
     ExamState,
     InstanceLocation,
     JobAction,
-    JobState,
     Level,
-    OutboxJob,
     Query,
 )
 from drimbox.ports import AuditLog, BlobStore, Index, Pacs, PublicationStore
+from drimbox.services._exams import digest, image_facts, pending_job, values
 from drimbox.services.manifests import build_submission, submission_to_dict
 from drimbox.services.reports import ReportAction, ReportNotice, notice_from_dict, notice_to_dict
 
@@ -173,8 +171,7 @@ class PublicationService:
         held = notice_from_dict(exam.report)  # JSON-normalised, as tuples
         if replace(held, message_id="") != replace(notice, message_id=""):
             return False
-        digest = _digest(self._referenceable(notice.study_instance_uid))
-        if digest != exam.referenced_digest:
+        if digest(self._referenceable(notice.study_instance_uid)) != exam.referenced_digest:
             return False
         self._audit.record(
             "publication.report", "duplicate", study=notice.study_instance_uid,
@@ -214,7 +211,7 @@ class PublicationService:
                 "waiting for the study's images to be complete",
             )  # fmt: skip
         study = self._study_attributes(notice.study_instance_uid)
-        mismatches = study_mismatches(notice.facts, _image_facts(notice.study_instance_uid, study))
+        mismatches = study_mismatches(notice.facts, image_facts(notice.study_instance_uid, study))
         if mismatches:
             return self._settle(notice, exam, report, ExamState.QUARANTINED, "; ".join(mismatches))
         return self._queue_manifest(notice, exam, report, instances, study)
@@ -233,8 +230,8 @@ class PublicationService:
         )
         kos_uid, kos_bytes = self._build_manifest(draft)
         blob = self._blobs.put([kos_bytes])
-        modalities = tuple(_values(study, "00080061"))
-        study_date = next(iter(_values(study, "00080020")), None)
+        modalities = tuple(values(study, "00080061"))
+        study_date = next(iter(values(study, "00080020")), None)
         submission = build_submission(
             notice,
             kos_sop_instance_uid=kos_uid,
@@ -257,24 +254,14 @@ class PublicationService:
             kos_sop_instance_uid=kos_uid,
             registry_entry_id=exam.registry_entry_id if exam else None,
             updated_at=now,
-            referenced_digest=_digest(instances),
+            referenced_digest=digest(instances),
         )
-        job = OutboxJob(
-            job_id=0,
-            study_instance_uid=notice.study_instance_uid,
-            action=action,
-            version=version,
-            kos_sop_instance_uid=kos_uid,
+        job = pending_job(
+            notice.study_instance_uid, action, version, kos_uid, now,
             kos_blob_key=blob.key,
             submission=submission_to_dict(submission),
             replaces=previous_kos if action is JobAction.REPLACE else None,
-            state=JobState.PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            last_error=None,
-            registry_entry_id=None,
-            created_at=now,
-        )
+        )  # fmt: skip
         queued = self._store.queue_job(new_exam, job)
         self._audit.record(
             "publication.queued", "success", study=notice.study_instance_uid,
@@ -301,22 +288,10 @@ class PublicationService:
         new_exam = replace(
             exam, state=ExamState.QUEUED, reason=reason, report=report, updated_at=now
         )
-        job = OutboxJob(
-            job_id=0,
-            study_instance_uid=exam.study_instance_uid,
-            action=JobAction.DELETE,
-            version=exam.version,
-            kos_sop_instance_uid=exam.kos_sop_instance_uid,
-            kos_blob_key=None,
-            submission=None,
-            replaces=exam.kos_sop_instance_uid,
-            state=JobState.PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            last_error=None,
-            registry_entry_id=None,
-            created_at=now,
-        )
+        job = pending_job(
+            exam.study_instance_uid, JobAction.DELETE, exam.version, exam.kos_sop_instance_uid,
+            now, replaces=exam.kos_sop_instance_uid,
+        )  # fmt: skip
         queued = self._store.queue_job(new_exam, job)
         self._audit.record(
             "publication.depublish_queued", "success", study=exam.study_instance_uid,
@@ -402,7 +377,7 @@ class PublicationService:
         ):
             return exam
         instances = self._referenceable(exam.study_instance_uid)
-        if _digest(instances) == exam.referenced_digest:
+        if digest(instances) == exam.referenced_digest:
             return exam
         if not instances:
             return self._queue_delete(exam, exam.report, "every image was rejected (IOCM)")
@@ -436,8 +411,8 @@ class PublicationService:
         )
         modalities = {}
         for series in result.matches:
-            uid = next(iter(_values(series, "0020000E")), None)
-            modality = next(iter(_values(series, "00080060")), None)
+            uid = next(iter(values(series, "0020000E")), None)
+            modality = next(iter(values(series, "00080060")), None)
             if uid and modality:
                 modalities[uid] = modality
         return modalities
@@ -472,32 +447,3 @@ class PublicationService:
                 "publication.pacs_failed study=%s error=%s", notice.study_instance_uid, error
             )
         return _Fetched.WAIT
-
-
-def _digest(instances: list[InstanceLocation]) -> str:
-    uids = sorted(location.sop_instance_uid for location in instances)
-    return hashlib.sha256("\\".join(uids).encode()).hexdigest()
-
-
-def _values(dataset: dict[str, Any], tag: str) -> list[str]:
-    element = dataset.get(tag) or {}
-    return [str(v) for v in element.get("Value", []) if v is not None]
-
-
-def _image_facts(study_instance_uid: str, study: dict[str, Any]) -> StudyFacts:
-    name = study.get("00100010", {}).get("Value", [{}])
-    alphabetic = name[0].get("Alphabetic", "") if name and isinstance(name[0], dict) else ""
-    family, _, given = alphabetic.partition("^")
-    patient = PatientIdentity(
-        ipp=next(iter(_values(study, "00100020")), None),
-        ipp_authority=next(iter(_values(study, "00100021")), None),
-        birth_name=family or None,
-        first_given_name=given.split("^")[0] or None if given else None,
-        birth_date=next(iter(_values(study, "00100030")), None),
-        sex=next(iter(_values(study, "00100040")), None),
-    )
-    return StudyFacts(
-        study_instance_uids=(study_instance_uid,) if study else (),
-        accession_numbers=tuple(_values(study, "00080050")),
-        patient=patient,
-    )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from drimbox.errors import BlobNotFoundError, DrimboxError, StorageError
 from drimbox.model import Exam, ExamState, JobAction, JobState, OutboxJob
 from drimbox.ports import AuditLog, BlobStore, PublicationStore, Registry
 from drimbox.services.manifests import submission_from_dict
+from drimbox.services.worker import PollingWorker
 from registry.errors import RegistryRejectedError, RegistryUnavailableError
 
 __all__ = ["Publisher", "backoff_delay"]
@@ -92,21 +92,20 @@ class Publisher:
         self._clock = clock
         self._base_delay = base_delay
         self._max_delay = max_delay
-        self._poll_interval = poll_interval
         self._rng = rng or random.Random()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = PollingWorker(
+            "drimbox-publisher", self.run_once, interval=poll_interval, recoverable=(DrimboxError,)
+        )
 
     def wake(self) -> None:
         """Ask the worker to scan the outbox now (a job was queued)."""
-        self._wake.set()
+        self._worker.wake()
 
     def run_once(self) -> int:
         """Process every job due now; return how many reached a final state."""
         finished = 0
         for job in self._store.due_jobs(self._clock()):
-            if self._stopping.is_set():
+            if self._worker.stopping:
                 break
             if self._process(job):
                 finished += 1
@@ -114,28 +113,11 @@ class Publisher:
 
     def start(self) -> None:
         """Start the worker thread."""
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name="drimbox-publisher", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
         """Stop the worker thread (waits for the job in progress)."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.run_once()
-            except DrimboxError as error:  # the store itself is down: try again later
-                _log.warning("publisher.scan_failed error=%s", error)
-            self._wake.wait(self._poll_interval)
-            self._wake.clear()
+        self._worker.stop()
 
     def _process(self, job: OutboxJob) -> bool:
         exam = self._store.get_exam(job.study_instance_uid)
@@ -146,52 +128,36 @@ class Publisher:
         try:
             entry_id = self._send(job, exam)
         except RegistryUnavailableError as error:
-            delay = backoff_delay(
-                attempts, base=self._base_delay, cap=self._max_delay, rng=self._rng
-            )
-            if error.retry_after is not None:  # the registry said when: honour it (capped)
-                delay = min(self._max_delay, max(delay, error.retry_after))
-            postponed = replace(
-                job,
-                attempts=attempts,
-                next_attempt_at=self._clock() + timedelta(seconds=delay),
-                last_error=f"registry unavailable: {error}",
-            )
-            self._store.postpone_job(postponed)
-            _log.info("publisher.retry job=%s attempt=%s delay=%.1fs", job.job_id, attempts, delay)
+            self._postpone(job, attempts, f"registry unavailable: {error}", error.retry_after)
             return False
         except (RegistryRejectedError, BlobNotFoundError) as error:
             self._reject(job, exam, attempts, str(error))
             return True
         except StorageError as error:
-            delay = backoff_delay(
-                attempts, base=self._base_delay, cap=self._max_delay, rng=self._rng
-            )
-            self._store.postpone_job(
-                replace(
-                    job,
-                    attempts=attempts,
-                    next_attempt_at=self._clock() + timedelta(seconds=delay),
-                    last_error=f"storage unavailable: {error}",
-                )
-            )
+            self._postpone(job, attempts, f"storage unavailable: {error}")
             return False
         except Exception as error:  # e.g. a gateway answering HTML: retry, never kill the worker
             _log.exception("publisher.unexpected_error job=%s", job.job_id)
-            delay = backoff_delay(
-                attempts, base=self._base_delay, cap=self._max_delay, rng=self._rng
-            )
-            self._store.postpone_job(
-                replace(
-                    job,
-                    attempts=attempts,
-                    next_attempt_at=self._clock() + timedelta(seconds=delay),
-                    last_error=f"unexpected error: {type(error).__name__}: {error}"[:500],
-                )
-            )
+            self._postpone(job, attempts, f"unexpected error: {type(error).__name__}: {error}")
             return False
         self._complete(job, exam, attempts, entry_id)
         return True
+
+    def _postpone(
+        self, job: OutboxJob, attempts: int, reason: str, retry_after: float | None = None
+    ) -> None:
+        delay = backoff_delay(attempts, base=self._base_delay, cap=self._max_delay, rng=self._rng)
+        if retry_after is not None:  # the registry said when: honour it (capped)
+            delay = min(self._max_delay, max(delay, retry_after))
+        self._store.postpone_job(
+            replace(
+                job,
+                attempts=attempts,
+                next_attempt_at=self._clock() + timedelta(seconds=delay),
+                last_error=reason[:500],
+            )
+        )
+        _log.info("publisher.retry job=%s attempt=%s delay=%.1fs", job.job_id, attempts, delay)
 
     def _send(self, job: OutboxJob, exam: Exam) -> str | None:
         if job.action is JobAction.DELETE:
