@@ -152,6 +152,7 @@ def box_target(directory: Path) -> Iterator[int]:
     finally:
         server.stop()
         index.close()
+        audit.close()
 
 
 def served_box_target(processes: int) -> Callable[[Path], AbstractContextManager[int]]:
