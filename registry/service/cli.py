@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from registry.service.app import create_registry_app
 
@@ -61,6 +63,7 @@ def serve_registry(
     production: bool = False,
     audit_path: Path | None = None,
     workers: int = 1,
+    access_log: bool = False,
 ) -> None:
     """Serve the registry until interrupted, its FHIR base at ``http://<host>:<port>/registry``.
 
@@ -76,26 +79,38 @@ def serve_registry(
         JSON-lines audit trail; ``None`` logs audit records only.
     workers
         HTTP worker processes sharing the store (stateless; the audit chain is file-locked).
+    access_log
+        Log one line per HTTP request (off by default: the audit trail already records every
+        request, and the log line cost about as much CPU as an ITI-67 search's rendering).
     """
     root = create_standalone_app(database_url, production=production, audit_path=audit_path)
     dialect = root.state.registry_store.dialect
     print(f"drimbox registry: FHIR base http://{host}:{port}{REGISTRY_PATH} ({dialect} store)")
     if workers == 1:
-        uvicorn.run(root, host=host, port=port, log_level="info")
+        uvicorn.run(root, host=host, port=port, log_level="info", access_log=access_log)
         return
     root.state.registry_store.close()  # the workers build their own
     os.environ[_ENV_DATABASE] = database_url
     os.environ[_ENV_PRODUCTION] = "1" if production else "0"
     if audit_path is not None:
         os.environ[_ENV_AUDIT] = str(audit_path)
-    uvicorn.run(
+    config = uvicorn.Config(
         "registry.service.cli:app_from_environment",
         factory=True,
         host=host,
         port=port,
         workers=workers,
         log_level="info",
+        access_log=access_log,
     )
+    listener = config.bind_socket()
+    # uvicorn's shared listener is created with protocol 0, so asyncio does not set
+    # TCP_NODELAY on the connections it accepts (it checks IPPROTO_TCP): every answer written
+    # in two parts then waited for the client's delayed ACK (~40 ms per request; measured 75
+    # publishes/s with 2 workers against 260/s with 1). Linux copies the option to accepted
+    # sockets.
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    Multiprocess(config, sockets=[listener]).run()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--production", action="store_true", help="refuse test INS OIDs")
     parser.add_argument("--audit", type=Path, default=None, help="JSON-lines audit trail")
     parser.add_argument("--workers", type=int, default=1, help="HTTP worker processes")
+    parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
     args = parser.parse_args(argv)
     serve_registry(
         args.host,
@@ -115,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         production=args.production,
         audit_path=args.audit,
         workers=args.workers,
+        access_log=args.access_log,
     )
 
 

@@ -404,7 +404,7 @@ class RegistryStore:
             query.count + 1
         )
         with self._reader.connect() as connection:
-            found = [stored_entry(row) for row in connection.execute(statement)]
+            found = [stored_entry(row) for row in connection.execute(statement).all()]
         page = found[: query.count]
         more = len(found) > query.count and bool(page)
         return page, encode_cursor(page[-1]) if more else None
