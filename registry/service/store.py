@@ -22,8 +22,6 @@ from sqlalchemy import (
     LargeBinary,
     and_,
     bindparam,
-    create_engine,
-    event,
     insert,
     or_,
     select,
@@ -32,13 +30,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.pool import ConnectionPoolEntry
 
 from registry.models import (
     EntryStatus,
     ManifestSubmission,
 )
 from registry.service._bulk import copy_entries
+from registry.service._engines import WRITE_OPTION, postgresql_engines, sqlite_engine
 from registry.service._rows import (
     EntryQuery,
     StoredEntry,
@@ -60,19 +58,6 @@ __all__ = [
     "StoredEntry",
     "entry_row",
 ]
-
-_WRITE = "registry_write"
-_SQLITE_BUSY_TIMEOUT_S = 30.0
-#: PostgreSQL pool: connections kept per worker process, extra ones under bursts.
-_POOL_SIZE = 8
-_POOL_OVERFLOW = 16
-_POOL_RECYCLE_S = 3600
-#: Executions of a statement before psycopg prepares it server-side (its default is 5).
-_PREPARE_THRESHOLD = 2
-#: SQLite: 64 MiB of page cache per connection (negative = KiB), memory-mapped reads.
-_SQLITE_CACHE_KIB = 64 * 1024
-_SQLITE_MMAP_BYTES = 1024 * 1024 * 1024
-
 
 _BIND_PREFIX = "new_"
 
@@ -131,52 +116,6 @@ class PublishOutcome:
     created: bool
 
 
-def _postgresql_engines(url: str) -> tuple[Engine, Engine]:
-    """Return the engine and its autocommit twin for reads (same pool).
-
-    No ``pool_pre_ping``: it cost a round trip per request; a connection that broke (database
-    restart) fails its statement instead, the request is answered 503 (retryable) and
-    SQLAlchemy invalidates the pool. A single-statement read needs no transaction: reads run in
-    autocommit, one round trip (no ``BEGIN``/``ROLLBACK``). psycopg prepares a statement on
-    the server once it has run :data:`_PREPARE_THRESHOLD` times on a connection.
-    """
-    engine = create_engine(
-        url,
-        pool_size=_POOL_SIZE,
-        max_overflow=_POOL_OVERFLOW,
-        pool_recycle=_POOL_RECYCLE_S,
-        connect_args={"prepare_threshold": _PREPARE_THRESHOLD},
-    )
-    return engine, engine.execution_options(isolation_level="AUTOCOMMIT")
-
-
-def _sqlite_engine(url: str) -> Engine:
-    engine = create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
-        cursor = dbapi_connection.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=NORMAL",
-            "foreign_keys=ON",
-            "case_sensitive_like=ON",  # same LIKE semantics as PostgreSQL
-            f"cache_size=-{_SQLITE_CACHE_KIB}",
-            f"mmap_size={_SQLITE_MMAP_BYTES}",
-            "temp_store=MEMORY",
-        ):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Connection) -> None:
-        write = connection.get_execution_options().get(_WRITE, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-    return engine
-
-
 class RegistryStore:
     """Manifests and their KOS bytes in a SQL database.
 
@@ -189,9 +128,9 @@ class RegistryStore:
 
     def __init__(self, database_url: str) -> None:
         if database_url.startswith("sqlite"):
-            self._engine = self._reader = _sqlite_engine(database_url)
+            self._engine = self._reader = sqlite_engine(database_url)
         else:
-            self._engine, self._reader = _postgresql_engines(database_url)
+            self._engine, self._reader = postgresql_engines(database_url)
         metadata.create_all(self._engine)
 
     @property
@@ -209,7 +148,7 @@ class RegistryStore:
         self._engine.dispose()
 
     def _writer(self) -> Connection:
-        return self._engine.connect().execution_options(**{_WRITE: True})
+        return self._engine.connect().execution_options(**{WRITE_OPTION: True})
 
     # -- writes --------------------------------------------------------------------------
 
