@@ -272,8 +272,12 @@ def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
 
 
 def _bind_http(settings: Settings) -> socket.socket:
-    listener = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
+    # socket's protocol says TCP (a proto-0 listener leaves Nagle on: 40 ms stalls per answer).
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     listener.bind((settings.host, settings.http_port))
     listener.listen(1024)
     return listener
