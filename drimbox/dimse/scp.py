@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import logging
 import socket
@@ -46,13 +45,11 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.association import Association
-from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 
 from drimbox.config import Peer
 from drimbox.dicom.part10 import DICM_PREFIX, PREAMBLE_LENGTH
-from drimbox.dimse.reactor import make_event_driven
+from drimbox.dimse.reactor import AcceptorContexts, EventDrivenRequestHandler
 from drimbox.dimse.status import (
     ASSOCIATE_RJ_RESULT_REJECTED_PERMANENT,
     ASSOCIATE_RJ_SOURCE_SERVICE_USER,
@@ -113,33 +110,6 @@ class _Server(ThreadedAssociationServer):
         client, address = super().get_request()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
-
-
-class _Contexts(list[PresentationContext]):
-    """The server's supported contexts, copied cheaply for each new association.
-
-    pynetdicom deep-copies them per association (about 130 storage SOP classes x 16 transfer
-    syntaxes: tens of milliseconds, more on a loaded machine). Their only mutable part is
-    the transfer syntax list (UIDs, ints and flags are immutable), so a shallow copy of each
-    context with its own list is an equivalent copy.
-    """
-
-    def __deepcopy__(self, memo: dict[int, object]) -> list[PresentationContext]:
-        copies = []
-        for context in self:
-            duplicate = copy.copy(context)
-            duplicate._transfer_syntax = list(context._transfer_syntax)
-            copies.append(duplicate)
-        return copies
-
-
-class _RequestHandler(RequestHandler):
-    """pynetdicom's request handler, building event-driven acceptors (:mod:`.reactor`)."""
-
-    def _create_association(self) -> Association:
-        association = super()._create_association()
-        make_event_driven(association)
-        return association
 
 
 class DimseServer:
@@ -209,9 +179,9 @@ class DimseServer:
                     (evt.EVT_C_STORE, self._on_c_store),
                 ],
                 server_class=server_class,
-                request_handler=_RequestHandler,
+                request_handler=EventDrivenRequestHandler,
             )
-            server.contexts = _Contexts(server.contexts)
+            server.contexts = AcceptorContexts(server.contexts)
             ae._servers.append(server)
             thread = threading.Thread(
                 target=server.serve_forever,

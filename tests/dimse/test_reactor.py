@@ -11,8 +11,8 @@ from pathlib import Path
 from pydicom.uid import UID
 from pynetdicom import AE
 
-from drimbox.dimse.reactor import EventDrivenAssociation, EventDrivenDUL
-from drimbox.dimse.scp import _build_ae, _Contexts
+from drimbox.dimse.reactor import AcceptorContexts, EventDrivenAssociation, EventDrivenDUL
+from drimbox.dimse.scp import _build_ae
 from tests.dimse._support import BOX_AET, BoxNode, status_of
 
 _VERIFICATION = "1.2.840.10008.1.1"
@@ -89,7 +89,7 @@ def test_released_associations_leave_no_open_descriptors(box_node: BoxNode) -> N
 
 
 def test_copied_contexts_equal_a_deep_copy_and_share_no_list() -> None:
-    contexts = _Contexts(_build_ae(BOX_AET).supported_contexts)
+    contexts = AcceptorContexts(_build_ae(BOX_AET).supported_contexts)
     copied = copy.deepcopy(contexts)
     reference = copy.deepcopy(list(contexts))
     assert type(copied) is list
