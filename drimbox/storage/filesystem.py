@@ -141,6 +141,18 @@ class FilesystemBlobStore:
             self._tmp.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
             if not os.access(self._tmp, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, "blob store directory is not writable")
+            self._create_fan_out()
+
+    def _create_fan_out(self) -> None:
+        """Create every fan-out directory once, durably, so that no put has to."""
+        created = False
+        for number in range(16**FAN_OUT_WIDTH):  # one level (FAN_OUT_DEPTH == 1)
+            directory = self._root / f"{number:0{FAN_OUT_WIDTH}x}"
+            if not directory.is_dir():
+                directory.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
+                created = True
+        if created:
+            _fsync_directory(self._root)
 
     @property
     def root(self) -> Path:

@@ -33,8 +33,10 @@ KEY_PATTERN = re.compile(rf"[0-9a-f]{{{2 * KEY_BYTES}}}")
 FAN_OUT_WIDTH = 2
 """Hex digits per fan-out directory level: 256 entries per directory."""
 
-FAN_OUT_DEPTH = 2
-"""Directory levels above each blob: 65,536 leaf directories hold millions of files evenly."""
+FAN_OUT_DEPTH = 1
+"""Directory levels above each blob. One level of 256 directories, all created when the store
+opens: a put then never creates a directory (each new directory costs two more syncs), and
+ext4/XFS hashed directories keep lookups fast with tens of thousands of entries each."""
 
 
 def new_key() -> str:
@@ -65,7 +67,7 @@ def validate_key(key: object) -> str:
 
 
 def fan_out(key: str) -> tuple[str, ...]:
-    """Return the relative path components of a blob: ``("ab", "cd", "abcd...")``.
+    """Return the relative path components of a blob: ``("ab", "abcd...")``.
 
     Parameters
     ----------

@@ -51,9 +51,10 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def few_inodes_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs with room for bytes but only a handful of inodes, unmounted afterwards."""
+    """A tmpfs with room for bytes but inodes for the fan-out directories and a handful of
+    blobs only, unmounted afterwards."""
     mountpoint = tmp_path / "few-inodes"
-    mount_tmpfs(mountpoint, "size=8m,nr_inodes=8")
+    mount_tmpfs(mountpoint, "size=8m,nr_inodes=266")
     try:
         yield mountpoint
     finally:

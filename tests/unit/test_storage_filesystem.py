@@ -27,11 +27,12 @@ def test_objects_are_fanned_out_by_key_and_readable_only_by_the_owner(tmp_path: 
     store = FilesystemBlobStore(tmp_path / "blobs")
     key = store.put([b"pixel data"]).key
 
-    path = tmp_path / "blobs" / key[:2] / key[2:4] / key
+    path = tmp_path / "blobs" / key[:2] / key
     assert path.read_bytes() == b"pixel data"
     assert mode(path) == 0o600
     assert mode(path.parent) == 0o700
-    assert mode(path.parent.parent) == 0o700
+    fan_out_directories = [p for p in (tmp_path / "blobs").iterdir() if p.name != "tmp"]
+    assert len(fan_out_directories) == 256  # all created when the store opened
     assert mode(tmp_path / "blobs") == 0o700
     assert mode(tmp_path / "blobs" / "tmp") == 0o700
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
@@ -41,8 +42,8 @@ def test_keys_ignore_temporary_and_foreign_files(tmp_path: Path) -> None:
     store = FilesystemBlobStore(tmp_path)
     key = store.put([b"x"]).key
     misplaced = "ff" + key[2:] if not key.startswith("ff") else "00" + key[2:]
-    (tmp_path / key[:2] / key[2:4] / misplaced).write_bytes(b"wrong directory")
-    (tmp_path / key[:2] / key[2:4] / "README").write_bytes(b"")
+    (tmp_path / key[:2] / misplaced).write_bytes(b"wrong directory")
+    (tmp_path / key[:2] / "README").write_bytes(b"")
     (tmp_path / "tmp" / f"{'1' * 32}{TEMPORARY_SUFFIX}").write_bytes(b"partial")
     (tmp_path / "zz" / "zz").mkdir(parents=True)
     (tmp_path / "zz" / "zz" / ("2" * 32)).write_bytes(b"not in a hex directory")

@@ -53,9 +53,9 @@ def test_validate_key_refuses_anything_not_made_by_new_key(key: object) -> None:
         assert key not in str(raised.value)
 
 
-def test_fan_out_uses_the_first_hex_digits_as_two_directory_levels() -> None:
+def test_fan_out_uses_the_first_two_hex_digits_as_one_directory_level() -> None:
     key = "abcdef" + "0" * 26
-    assert fan_out(key) == ("ab", "cd", key)
+    assert fan_out(key) == ("ab", key)
 
 
 def test_fan_out_validates_the_key_itself() -> None:
