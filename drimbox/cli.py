@@ -157,6 +157,7 @@ def _print_banner(settings: Settings) -> None:
     host = settings.host
     table.add_row("DIMSE (C-ECHO, C-STORE)", f"{host}:{settings.dimse_port}  AE {settings.aet}")
     table.add_row("DICOMweb", f"http://{host}:{settings.http_port}/dicom-web")
+    table.add_row("HL7 v2 MLLP (ORU/MDM reports)", f"{host}:{settings.hl7_port}")
     if settings.registry_url is None:
         table.add_row("registry (embedded, FHIR)", f"http://{host}:{settings.http_port}/registry")
     else:

@@ -59,6 +59,7 @@ def test_serve_prints_what_listens_where_and_stops_cleanly_on_sigterm(
     log = served_box.log_text()
     assert f"127.0.0.1:{served_box.dimse_port}" in log
     assert f"http://127.0.0.1:{served_box.http_port}/dicom-web" in log
+    assert f"127.0.0.1:{served_box.hl7_port}" in log
     assert "stopped." in log
 
 
