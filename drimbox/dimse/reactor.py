@@ -25,7 +25,9 @@ waits in ``select`` on the association's socket *and* on a wake-up socket pair w
 association wakes only every :data:`DUL_IDLE_SECONDS` (ARTIM timer, events put by other
 threads, stop requests).
 
-Both loops are pynetdicom's, checked against version 3.0.4 (``pyproject.toml`` pins it);
+Both loops are adapted from pynetdicom 3.0.4 (MIT License, copyright the pynetdicom
+contributors; the notice travels with the installed package), checked against that version
+(``pyproject.toml`` pins it);
 :func:`make_event_driven` turns a freshly created acceptor into one, and
 :class:`EventDrivenRequestHandler` does so for every association a server accepts.
 
