@@ -11,6 +11,7 @@ from pydicom.errors import InvalidDicomError
 from registry._fhir import KOS_SOP_CLASS_UID, BundleError
 from registry._ins import InsError, validate_ins
 from registry.models import ManifestSubmission
+from registry.service._kos import KosFacts, read_kos_facts
 
 __all__ = ["MAX_CODE_LENGTH", "check_submission"]
 
@@ -75,31 +76,43 @@ def check_submission(manifest: ManifestSubmission, kos: bytes, *, production: bo
     _check_kos(manifest, kos)
 
 
-def _check_kos(manifest: ManifestSubmission, kos: bytes) -> None:
+def _kos_facts(kos: bytes) -> KosFacts:
+    """Read the checked attributes: the fast walk, else a full pydicom parse."""
+    facts = read_kos_facts(kos)
+    if facts is not None:
+        return facts
     try:
         dataset = dcmread(BytesIO(kos), force=False)
     except (InvalidDicomError, ValueError, EOFError, OSError) as error:
         raise BundleError(
             f"Binary.data is not a DICOM PS3.10 file: {error}", code="value", expression="Binary"
         ) from None
-    if dataset.get("SOPClassUID") != KOS_SOP_CLASS_UID:
+    return KosFacts(
+        dataset.get("SOPClassUID"),
+        dataset.get("SOPInstanceUID"),
+        frozenset(
+            item.get("StudyInstanceUID")
+            for item in dataset.get("CurrentRequestedProcedureEvidenceSequence", [])
+        ),
+    )
+
+
+def _check_kos(manifest: ManifestSubmission, kos: bytes) -> None:
+    facts = _kos_facts(kos)
+    if facts.sop_class_uid != KOS_SOP_CLASS_UID:
         raise BundleError(
             "Binary.data is not a Key Object Selection Document (PS3.4 §B.5 SOP Class "
             f"{KOS_SOP_CLASS_UID})",
             code="value",
             expression="Binary",
         )
-    if dataset.get("SOPInstanceUID") != manifest.kos_sop_instance_uid:
+    if facts.sop_instance_uid != manifest.kos_sop_instance_uid:
         raise BundleError(
             "masterIdentifier differs from the KOS SOPInstanceUID",
             code="value",
             expression=f"{_DR}.masterIdentifier",
         )
-    studies = {
-        item.get("StudyInstanceUID")
-        for item in dataset.get("CurrentRequestedProcedureEvidenceSequence", [])
-    }
-    if manifest.study_instance_uid not in studies:
+    if manifest.study_instance_uid not in facts.evidence_study_uids:
         raise BundleError(
             "the KOS does not reference the StudyInstanceUID of context.related "
             "(CurrentRequestedProcedureEvidenceSequence)",
