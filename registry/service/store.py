@@ -127,10 +127,15 @@ class RegistryStore:
     """
 
     def __init__(self, database_url: str) -> None:
+        self._publish_sql = ""
         if database_url.startswith("sqlite"):
             self._engine = self._reader = sqlite_engine(database_url)
         else:
             self._engine, self._reader = postgresql_engines(database_url)
+            self._publish_sql = str(_POSTGRESQL_PUBLISH.compile(dialect=self._engine.dialect))
+        # _publish_sql: the PostgreSQL publish statement as driver SQL, run by exec_driver_sql:
+        # the Core path spent ≈ 0.12 ms of CPU per publish on cache keys and result set-up
+        # (every bound value is a plain str, date, datetime, bool, int or bytes).
         metadata.create_all(self._engine)
 
     @property
@@ -213,7 +218,8 @@ class RegistryStore:
             parameters = {_BIND_PREFIX + name: value for name, value in row.items()}
             parameters[_BIND_PREFIX + documents.c.content.name] = kos
             with self._reader.connect() as connection:  # autocommit: the statement is atomic
-                pk = connection.execute(_POSTGRESQL_PUBLISH, parameters).scalar_one_or_none()
+                result = connection.exec_driver_sql(self._publish_sql, parameters)
+                pk = result.scalar_one_or_none()
         else:
             with self._writer() as connection, connection.begin():
                 pk = connection.execute(_SQLITE_PUBLISH, row).scalar_one_or_none()
