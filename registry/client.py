@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+import orjson
 
 from registry._fhir import FHIR_JSON, URI_SYSTEM, BundleError, provide_document_bundle
 from registry._fhir_read import entry_from_document_reference
@@ -134,9 +135,12 @@ class RegistryClient:
         """
         bundle = provide_document_bundle(manifest, kos)
         response = self._send(
-            "POST", f"{self._base}/", json=bundle, headers={"Content-Type": FHIR_JSON}
+            "POST",
+            f"{self._base}/",
+            content=orjson.dumps(bundle),  # ≈ 5× cheaper than httpx's json= (stdlib json)
+            headers={"Content-Type": FHIR_JSON},
         )
-        for entry in response.json().get("entry", []):
+        for entry in orjson.loads(response.content).get("entry", []):
             location = str(entry.get("response", {}).get("location", ""))
             if location.startswith("DocumentReference/"):
                 return location.split("/")[1]

@@ -17,7 +17,9 @@ by the authenticating gateway in front of the registry (see the README).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -56,6 +58,10 @@ __all__ = ["MAX_BUNDLE_BYTES", "create_registry_app"]
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 _DICOM = "application/dicom"
 _T = TypeVar("_T")
+#: Threads running the store and audit calls of requests (anyio's default capacity).
+_BLOCKING_THREADS = 40
+#: Shared by every registry app of the process; its threads end with the interpreter.
+_BLOCKING_CALLS = ThreadPoolExecutor(_BLOCKING_THREADS, thread_name_prefix="registry")
 _CLIENT_ERRORS = {"structure", "required", "invalid", "not-supported", "too-long"}
 #: Events that change the registry: their audit records are on disk before the answer.
 _WRITES = {"ITI-65", "delete"}
@@ -150,7 +156,9 @@ def create_registry_app(
             )
 
         try:
-            result = await run_in_threadpool(work)
+            # A plain executor hop: anyio's to_thread (run_in_threadpool) cost ≈ 0.06 ms
+            # more CPU per request (capacity limiter, cancel scope, context copy).
+            result = await asyncio.get_running_loop().run_in_executor(_BLOCKING_CALLS, work)
         except BundleError as error:
             status = 400 if error.code in _CLIENT_ERRORS else 422
             await refused("refused", reason=str(error)[:200])
