@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -44,6 +43,7 @@ from drimbox.services.publisher import Publisher
 from drimbox.services.query import QueryService
 from drimbox.services.retrieve import RetrieveService
 from drimbox.services.stability import StabilityMonitor
+from drimbox.services.worker import PollingWorker
 from drimbox.storage.filesystem import FilesystemBlobStore
 from drimbox.web.health import create_health_router
 from registry.client import RegistryClient
@@ -95,31 +95,6 @@ def organization_uid_root(settings: Settings) -> str:
     return root
 
 
-class _Periodic:
-    """Calls a function every ``interval`` seconds in a daemon thread until stopped."""
-
-    def __init__(self, name: str, interval: float, function: Callable[[], object]) -> None:
-        self._name, self._interval, self._function = name, interval, function
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._function()
-            except Exception:  # a maintenance task must never kill its thread
-                _log.exception("maintenance.failed task=%s", self._name)
-
-
 @dataclass
 class Box:
     """A wired box: adapters, services, listeners and workers.
@@ -156,7 +131,7 @@ class Box:
     _http_server: uvicorn.Server | None = None
     _http_thread: threading.Thread | None = None
     _receivers: list[multiprocessing.process.BaseProcess] = field(default_factory=list)
-    _maintenance: list[_Periodic] = field(default_factory=list)
+    _maintenance: list[PollingWorker] = field(default_factory=list)
     _started: bool = False
 
     @property
@@ -185,7 +160,9 @@ class Box:
         self.publisher.start()
         self.hl7_worker.start()
         self._maintenance = [
-            _Periodic("drimbox-expiry", _MAINTENANCE_INTERVAL, self.publication.expire_waiting)
+            PollingWorker(
+                "drimbox-expiry", self.publication.expire_waiting, interval=_MAINTENANCE_INTERVAL
+            )
         ]
         for task in self._maintenance:
             task.start()
@@ -476,8 +453,3 @@ def _close_audit(audit: AuditLog) -> None:
     """Sync the audit trail's last records (see :mod:`drimbox.audit`: group commit)."""
     if isinstance(audit, FileAuditLog):
         audit.close()
-
-
-def data_dir_lock_path(settings: Settings) -> Path:
-    """Where ``drimbox serve`` takes its single-instance lock."""
-    return settings.data_dir / "serve.lock"

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from drimbox.errors import DrimboxError
 from drimbox.ports import Index
+from drimbox.services.worker import PollingWorker
 
 __all__ = ["StabilityMonitor"]
 
@@ -52,11 +53,11 @@ class StabilityMonitor:
         self._index = index
         self._quiet = timedelta(seconds=quiet_seconds)
         self._clock = clock
-        self._poll_interval = poll_interval
         self._subscribers: list[Callable[[str], None]] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = PollingWorker(
+            "drimbox-stability", self.poll_once, interval=poll_interval, recoverable=(DrimboxError,)
+        )
 
     def subscribe(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(study_instance_uid)`` each time a study becomes stable.
@@ -96,27 +97,8 @@ class StabilityMonitor:
 
     def start(self) -> None:
         """Start polling in a daemon thread (no-op when already started)."""
-        with self._lock:
-            if self._thread is not None:
-                return
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._run, name="drimbox-stability", daemon=True)
-            self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
         """Stop polling and wait for the thread to finish."""
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._stopping.set()
-        thread.join()
-
-    def _run(self) -> None:
-        while not self._stopping.wait(self._poll_interval):
-            try:
-                self.poll_once()
-            except DrimboxError as error:  # e.g. the index is briefly unavailable: retry
-                _log.warning("stability.poll_failed error=%s", error)
-            except Exception:
-                _log.exception("stability.poll_failed")
+        self._worker.stop()
