@@ -21,6 +21,7 @@ from rich.table import Table
 
 from drimbox.config import Settings, is_loopback, load_settings
 from drimbox.errors import ConfigurationError, DrimboxError
+from drimbox.model import ExamState, JobState
 
 __all__ = ["app"]
 
@@ -33,6 +34,10 @@ registry_app = typer.Typer(help="The reference national registry (IHE MHD / FHIR
 app.add_typer(registry_app, name="registry")
 
 _console = Console(stderr=True, soft_wrap=True)
+_NEEDS_ATTENTION = frozenset(
+    {ExamState.QUARANTINED, ExamState.REJECTED, ExamState.IMAGES_TIMED_OUT}
+)
+"""Exam states a person must look at (listed by ``drimbox status``)."""
 
 ConfigOption = Annotated[
     Path | None,
@@ -186,7 +191,7 @@ def status(
     try:
         stats = index.statistics()
         exams = publications.exams()
-        pending_jobs = sum(1 for job in publications.jobs() if job.state.value == "pending")
+        pending_jobs = sum(1 for job in publications.jobs() if job.state is JobState.PENDING)
     finally:
         publications.close()
         index.close()
@@ -197,7 +202,7 @@ def status(
     quarantined = [
         {"study_instance_uid": exam.study_instance_uid, "reason": exam.reason}
         for exam in exams
-        if exam.state.value in ("quarantined", "rejected", "images-timed-out")
+        if exam.state in _NEEDS_ATTENTION
     ]
     payload: dict[str, Any] = {
         "patients": stats.patients,
@@ -289,7 +294,7 @@ def publications(
         store.close()
     pending: dict[str, int] = {}
     for job in jobs:
-        if job.state.value == "pending":
+        if job.state is JobState.PENDING:
             pending[job.study_instance_uid] = pending.get(job.study_instance_uid, 0) + 1
     rows = [
         {

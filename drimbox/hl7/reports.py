@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 
 from drimbox.errors import DrimboxError, IndexUnavailableError, StorageError
+from drimbox.hl7.cda import InstanceIdentifier
 from drimbox.hl7.errors import HL7Error
 from drimbox.hl7.inbox import HL7Inbox
 from drimbox.hl7.messages import ReportAction as MessageAction
@@ -116,10 +117,10 @@ def _identifier(root: str, extension: str | None) -> str:
     return f"{root}^{extension}" if extension else root
 
 
-def _id_value(identifier: object) -> str | None:
-    extension = getattr(identifier, "extension", None)
-    root = getattr(identifier, "root", None)
-    return str(extension or root) if (extension or root) else None
+def _id_value(identifier: InstanceIdentifier | None) -> str | None:
+    if identifier is None:
+        return None
+    return identifier.extension or identifier.root or None
 
 
 class ReportWorker:
