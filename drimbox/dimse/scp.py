@@ -1,4 +1,4 @@
-"""The box's DIMSE service class provider: C-ECHO and C-STORE (pynetdicom).
+"""The box's DIMSE service class provider: C-ECHO and C-STORE.
 
 - **Presentation contexts**: Verification, and every storage SOP class pynetdicom knows (images,
   SR, KOS, encapsulated PDF/CDA, waveforms...) with the transfer syntaxes of
@@ -9,23 +9,32 @@
   (calling AE title, address) pair of the allow-list is accepted; without peers (the
   loopback-only development default) any calling AE title from a loopback address is. Others
   get A-ASSOCIATE-RJ rejected-permanent, source service-user, "calling AE title not
-  recognised". Each rejection is logged and audited.
+  recognised". Each rejection is logged and audited. Past :data:`MAXIMUM_ASSOCIATIONS`
+  concurrent associations, A-ASSOCIATE-RJ rejected-transient, "local limit exceeded".
 - **Sockets**: TCP_NODELAY on every accepted socket; ``reuse_port`` sets SO_REUSEPORT on the
   listening socket so several receiver processes share the port.
+- **Threads**: one per association, which negotiates, then reads, stores and answers every
+  message itself (:mod:`drimbox.dimse.association`).
+
+Why not pynetdicom's acceptor: for each C-STORE it hands the PDUs from its DUL thread to
+its association thread through queues, decodes the command into a pydicom Dataset and writes
+the data set to a temporary file before the handler runs; measured here, that alone cost
+2.5-2.9 ms per instance, more than storing it durably. The Upper Layer state machine an
+acceptor needs (PS3.8 §9.2) is small: :mod:`drimbox.dimse.pdu` and
+:mod:`drimbox.dimse.commands` implement it; pynetdicom remains the box's SCU
+(:mod:`drimbox.dimse.pacs`) and gives the list of storage SOP classes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
-import struct
 import threading
 import time
-from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import BinaryIO, cast
 
-from pydicom.dataset import Dataset
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -44,24 +53,45 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom import AllStoragePresentationContexts
 
 from drimbox.config import Peer
-from drimbox.dicom.part10 import DICM_PREFIX, PREAMBLE_LENGTH
-from drimbox.dimse.reactor import AcceptorContexts, EventDrivenRequestHandler
+from drimbox.dicom.part10 import (
+    DRIMBOX_IMPLEMENTATION_CLASS_UID,
+    DRIMBOX_IMPLEMENTATION_VERSION_NAME,
+)
+from drimbox.dimse.association import (
+    VERIFICATION_SOP_CLASS,
+    AcceptedContext,
+    Association,
+)
+from drimbox.dimse.pdu import (
+    APPLICATION_CONTEXT_NAME,
+    AbortReason,
+    AssociateRequest,
+    ContextResult,
+    PduType,
+    ProtocolError,
+    decode_associate_request,
+    encode_abort,
+    encode_associate_accept,
+    encode_associate_reject,
+    read_pdu,
+)
 from drimbox.dimse.status import (
     ASSOCIATE_RJ_RESULT_REJECTED_PERMANENT,
     ASSOCIATE_RJ_SOURCE_SERVICE_USER,
     AssociateRejectReason,
-    StorageStatus,
-    error_comment,
-    storage_status_for,
 )
 from drimbox.ports import AuditLog
 from drimbox.services.ingest import IngestService
 
-__all__ = ["STORAGE_TRANSFER_SYNTAXES", "VERIFICATION_SOP_CLASS", "DimseServer"]
+__all__ = [
+    "MAXIMUM_ASSOCIATIONS",
+    "STORAGE_TRANSFER_SYNTAXES",
+    "VERIFICATION_SOP_CLASS",
+    "DimseServer",
+]
 
 _log = logging.getLogger("drimbox.dimse")
 
@@ -85,31 +115,35 @@ STORAGE_TRANSFER_SYNTAXES = (
 )
 """Transfer syntaxes accepted for storage (PS3.5 §10, Annex A); data sets are kept as received."""
 
-VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
-"""Verification SOP Class UID (PS3.4 §A.4, PS3.6 Annex A)."""
+MAXIMUM_ASSOCIATIONS = 64
+"""Concurrent associations served; more are rejected-transient (PS3.8 §9.3.4)."""
+
+MAXIMUM_PDU_LENGTH = 1 << 20
+"""Largest P-DATA-TF variable field announced (PS3.8 Annex D.1): fewer, larger PDUs cost less."""
+
+_PDU_READ_LIMIT = 16 << 20  # PDUs up to this size are read even past what was announced
+_REQUEST_READ_LIMIT = 1 << 20  # an A-ASSOCIATE-RQ with every storage class is ~20 KiB
+_ARTIM_SECONDS = 30.0  # waiting for the A-ASSOCIATE-RQ (PS3.8 §9.1.5)
+_NETWORK_TIMEOUT_SECONDS = 60.0  # an established association silent this long is aborted
+_ACCEPT_POLL_SECONDS = 0.2
+_STOP_TIMEOUT_SECONDS = 5.0
+_READ_BUFFER_BYTES = 256 << 10
+_LISTEN_BACKLOG = 128
 
 _VERIFICATION_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-_MAXIMUM_PDU_SIZE = 1 << 20  # what we receive per P-DATA-TF; fewer, larger PDUs cost less
-_MAXIMUM_ASSOCIATIONS = 64
-_STOP_TIMEOUT_SECONDS = 5.0
-_FILE_META_HEAD = PREAMBLE_LENGTH + len(DICM_PREFIX) + 12  # preamble, DICM, (0002,0000) UL
+_RESULT_REJECTED_TRANSIENT = 0x02  # PS3.8 §9.3.4 Result
+_SOURCE_PROVIDER_ACSE = 0x02  # PS3.8 §9.3.4 Source: service-provider (ACSE related)
+_SOURCE_PROVIDER_PRESENTATION = 0x03  # service-provider (presentation related)
+_REASON_APPLICATION_CONTEXT_NOT_SUPPORTED = 0x02  # source service-user
+_REASON_PROTOCOL_VERSION_NOT_SUPPORTED = 0x02  # source provider ACSE
+_REASON_LOCAL_LIMIT_EXCEEDED = 0x02  # source provider presentation
 
 
-class _Server(ThreadedAssociationServer):
-    """pynetdicom's threaded server with TCP_NODELAY on accepted sockets and SO_REUSEPORT."""
-
-    reuse_port = False
-    daemon_threads = True
-
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
+def _supported_syntaxes() -> dict[str, tuple[str, ...]]:
+    supported = {VERIFICATION_SOP_CLASS: tuple(map(str, _VERIFICATION_TRANSFER_SYNTAXES))}
+    for context in AllStoragePresentationContexts:
+        supported[str(context.abstract_syntax)] = tuple(map(str, STORAGE_TRANSFER_SYNTAXES))
+    return supported
 
 
 class DimseServer:
@@ -154,206 +188,298 @@ class DimseServer:
         self._audit = audit
         self._reuse_port = reuse_port
         self._allowed = _resolve_peers(peers)
-        self._server: _Server | None = None
+        self._supported = _supported_syntaxes()
+        self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._active: dict[socket.socket, Association | None] = {}
+        self._handlers: set[threading.Thread] = set()
 
     @property
     def port(self) -> int | None:
         """The bound port, or ``None`` when not started."""
-        return None if self._server is None else int(self._server.server_address[1])
+        return None if self._listener is None else int(self._listener.getsockname()[1])
+
+    def active_sockets(self) -> tuple[socket.socket, ...]:
+        """The sockets of the associations being served (for diagnostics)."""
+        with self._lock:
+            return tuple(self._active)
 
     def start(self) -> int:
         """Bind and serve in a background thread; return the bound port."""
         with self._lock:
-            if self._server is not None:
-                return int(self._server.server_address[1])
-            ae = _build_ae(self._ae_title)
-            server_class = type("_BoundServer", (_Server,), {"reuse_port": self._reuse_port})
-            server = ae.make_server(
-                self._address,
-                ae_title=self._ae_title,
-                evt_handlers=[
-                    (evt.EVT_REQUESTED, self._on_association_requested),
-                    (evt.EVT_C_ECHO, self._on_c_echo),
-                    (evt.EVT_C_STORE, self._on_c_store),
-                ],
-                server_class=server_class,
-                request_handler=EventDrivenRequestHandler,
-            )
-            server.contexts = AcceptorContexts(server.contexts)
-            ae._servers.append(server)
+            if self._listener is not None:
+                return int(self._listener.getsockname()[1])
+            listener = _listen(self._address, reuse_port=self._reuse_port)
+            self._stopping.clear()
             thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.2},
+                target=self._accept_loop,
+                args=(listener,),
                 name=f"drimbox-dimse-{self._ae_title}",
                 daemon=True,
             )
+            self._listener, self._thread = listener, thread
             thread.start()
-            self._server, self._thread = server, thread
-            port = int(server.server_address[1])
+            port = int(listener.getsockname()[1])
         _log.info("dimse.listening aet=%s host=%s port=%d", self._ae_title, self._address[0], port)
         return port
 
     def stop(self) -> None:
-        """Stop accepting associations, abort the active ones and wait for the server thread.
+        """Stop accepting associations, abort the active ones and wait for their threads.
 
-        Aborts run in daemon threads and are waited for at most :data:`_STOP_TIMEOUT_SECONDS`:
-        a peer that never closes its end must not keep the box from stopping.
+        Waits at most :data:`_STOP_TIMEOUT_SECONDS`: a peer that never closes its end must not
+        keep the box from stopping.
         """
         with self._lock:
-            server, self._server = self._server, None
+            listener, self._listener = self._listener, None
             thread, self._thread = self._thread, None
-        if server is None:
+        if listener is None:
             return
-        server.shutdown()
-        aborts = [
-            threading.Thread(target=association.abort, name="drimbox-dimse-abort", daemon=True)
-            for association in server.active_associations
-        ]
-        for abort in aborts:
-            abort.start()
+        self._stopping.set()
         deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
-        for abort in aborts:
-            abort.join(max(0.0, deadline - time.monotonic()))
         if thread is not None:
             thread.join(max(0.0, deadline - time.monotonic()))
+        listener.close()
+        with self._lock:
+            active = list(self._active.items())
+            handlers = list(self._handlers)
+        for sock, association in active:
+            if association is not None:
+                association.abort()
+            else:
+                _shutdown(sock)
+        for handler in handlers:
+            handler.join(max(0.0, deadline - time.monotonic()))
         _log.info("dimse.stopped aet=%s", self._ae_title)
+
+    # -- accepting -----------------------------------------------------------------------------
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        listener.settimeout(_ACCEPT_POLL_SECONDS)
+        while not self._stopping.is_set():
+            try:
+                sock, address = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as error:
+                if self._stopping.is_set():
+                    return
+                _log.warning("dimse.accept_failed error=%s", error)
+                time.sleep(_ACCEPT_POLL_SECONDS)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            handler = threading.Thread(
+                target=self._handle,
+                args=(sock, str(address[0])),
+                name=f"drimbox-dimse-association-{address[0]}:{address[1]}",
+                daemon=True,
+            )
+            with self._lock:
+                self._active[sock] = None
+                self._handlers.add(handler)
+            handler.start()
+
+    def _handle(self, sock: socket.socket, address: str) -> None:
+        try:
+            association = self._establish(sock, address)
+            if association is not None:
+                with self._lock:
+                    if sock in self._active:
+                        self._active[sock] = association
+                if self._stopping.is_set():
+                    association.abort()
+                association.serve()
+        except Exception:  # never let one association's failure go unlogged
+            _log.exception("dimse.association_failed address=%s", address)
+        finally:
+            sock.close()
+            with self._lock:
+                self._active.pop(sock, None)
+                self._handlers.discard(threading.current_thread())
+
+    def _establish(self, sock: socket.socket, address: str) -> Association | None:
+        """Negotiate the association; return it when accepted, ``None`` when not."""
+        sock.settimeout(_ARTIM_SECONDS)
+        reader = cast(BinaryIO, sock.makefile("rb", buffering=_READ_BUFFER_BYTES))
+        try:
+            pdu = read_pdu(reader, _REQUEST_READ_LIMIT)
+            if pdu is None:
+                reader.close()
+                return None
+            pdu_type, body = pdu
+            if pdu_type != PduType.A_ASSOCIATE_RQ:
+                raise ProtocolError(
+                    f"PDU type 0x{pdu_type:02X} before A-ASSOCIATE-RQ", AbortReason.UNEXPECTED_PDU
+                )
+            request = decode_associate_request(body)
+        except ProtocolError as error:
+            _log.warning(
+                "dimse.association_aborted address=%s reason=%s detail=%s",
+                address,
+                error.reason.name.lower(),
+                error,
+            )
+            _send_quietly(sock, encode_abort(error.reason))
+            reader.close()
+            return None
+        except (TimeoutError, OSError) as error:
+            _log.info("dimse.association_request_lost address=%s error=%s", address, error)
+            reader.close()
+            return None
+        if not self._accept(sock, request, address):
+            reader.close()
+            return None
+        contexts = self._negotiate(request)
+        sock.sendall(
+            encode_associate_accept(
+                request,
+                [(context_id, result, syntax) for context_id, result, syntax, _ in contexts],
+                maximum_length=MAXIMUM_PDU_LENGTH,
+                implementation_class_uid=DRIMBOX_IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=DRIMBOX_IMPLEMENTATION_VERSION_NAME,
+            )
+        )
+        accepted = {
+            context_id: AcceptedContext(abstract, syntax)
+            for context_id, result, syntax, abstract in contexts
+            if result is ContextResult.ACCEPTANCE
+        }
+        source = f"{request.calling_ae_title}@{address}"
+        _log.debug(
+            "dimse.association_accepted source=%s contexts=%d accepted=%d",
+            source,
+            len(contexts),
+            len(accepted),
+        )
+        sock.settimeout(_NETWORK_TIMEOUT_SECONDS)
+        return Association(
+            sock=sock,
+            reader=reader,
+            contexts=accepted,
+            peer_maximum_length=request.maximum_length,
+            maximum_length=_PDU_READ_LIMIT,
+            source=source,
+            ingest=self._ingest,
+            audit=self._audit,
+        )
 
     # -- association policy ------------------------------------------------------------------
 
-    def _on_association_requested(self, event: evt.Event) -> None:
-        association = event.assoc
-        request = cast(Any, association.requestor.primitive)
-        calling = str(request.calling_ae_title).strip()
-        called = str(request.called_ae_title).strip()
-        address = str(association.requestor.address)
-        reason = self._rejection_reason(calling, called, address)
-        if reason is None:
-            return
-        association.acse.send_reject(
-            ASSOCIATE_RJ_RESULT_REJECTED_PERMANENT, ASSOCIATE_RJ_SOURCE_SERVICE_USER, reason
-        )
+    def _accept(self, sock: socket.socket, request: AssociateRequest, address: str) -> bool:
+        """Send A-ASSOCIATE-RJ (logged, audited) and return ``False`` when refused."""
+        if not request.supports_protocol_version:
+            result, source, reason, why = (
+                ASSOCIATE_RJ_RESULT_REJECTED_PERMANENT,
+                _SOURCE_PROVIDER_ACSE,
+                _REASON_PROTOCOL_VERSION_NOT_SUPPORTED,
+                "protocol_version_not_supported",
+            )
+        elif request.application_context != APPLICATION_CONTEXT_NAME:
+            result, source, reason, why = (
+                ASSOCIATE_RJ_RESULT_REJECTED_PERMANENT,
+                ASSOCIATE_RJ_SOURCE_SERVICE_USER,
+                _REASON_APPLICATION_CONTEXT_NOT_SUPPORTED,
+                "application_context_name_not_supported",
+            )
+        elif (policy := self._rejection_reason(request, address)) is not None:
+            result, source, reason, why = (
+                ASSOCIATE_RJ_RESULT_REJECTED_PERMANENT,
+                ASSOCIATE_RJ_SOURCE_SERVICE_USER,
+                int(policy),
+                policy.name.lower(),
+            )
+        elif self._over_limit():
+            result, source, reason, why = (
+                _RESULT_REJECTED_TRANSIENT,
+                _SOURCE_PROVIDER_PRESENTATION,
+                _REASON_LOCAL_LIMIT_EXCEEDED,
+                "local_limit_exceeded",
+            )
+        else:
+            return True
+        _send_quietly(sock, encode_associate_reject(result, source, reason))
         _log.warning(
             "dimse.association_rejected calling_aet=%s called_aet=%s address=%s reason=%s",
-            calling,
-            called,
+            request.calling_ae_title,
+            request.called_ae_title,
             address,
-            reason.name.lower(),
+            why,
         )
         self._audit.record(
             "dicom.association.rejected",
             "failure",
-            calling_aet=calling,
-            called_aet=called,
+            calling_aet=request.calling_ae_title,
+            called_aet=request.called_ae_title,
             address=address,
-            reason=reason.name.lower(),
+            reason=why,
         )
-        association.kill()
+        return False
+
+    def _over_limit(self) -> bool:
+        with self._lock:
+            return len(self._active) > MAXIMUM_ASSOCIATIONS
 
     def _rejection_reason(
-        self, calling: str, called: str, address: str
+        self, request: AssociateRequest, address: str
     ) -> AssociateRejectReason | None:
-        if called != self._ae_title:
+        if request.called_ae_title != self._ae_title:
             return AssociateRejectReason.CALLED_AE_TITLE_NOT_RECOGNIZED
         if self._allowed:
-            if (calling, _normalise_address(address)) in self._allowed:
+            if (request.calling_ae_title, _normalise_address(address)) in self._allowed:
                 return None
             return AssociateRejectReason.CALLING_AE_TITLE_NOT_RECOGNIZED
         if _is_loopback(address):
             return None
         return AssociateRejectReason.CALLING_AE_TITLE_NOT_RECOGNIZED
 
-    # -- services ----------------------------------------------------------------------------
-
-    def _on_c_echo(self, event: evt.Event) -> int:
-        return int(StorageStatus.SUCCESS)
-
-    def _on_c_store(self, event: evt.Event) -> Dataset:
-        request = cast(Any, event.request)
-        context = event.context
-        requestor = event.assoc.requestor
-        source = f"{str(requestor.ae_title).strip()}@{requestor.address}"
-        sop_class_uid = str(request.AffectedSOPClassUID or "")
-        sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
-        if sop_class_uid != str(context.abstract_syntax):
-            comment = f"SOP class {sop_class_uid[:30]} is not this context's"
-            _log.warning(
-                "dimse.c_store_refused status=0x%04X source=%s sop_instance_uid=%s comment=%s",
-                StorageStatus.SOP_CLASS_NOT_SUPPORTED,
-                source,
-                sop_instance_uid[:64],
-                comment,
-            )
-            return _status(StorageStatus.SOP_CLASS_NOT_SUPPORTED, comment)
-        try:
-            with _received_data_set(event) as data_set:
-                self._ingest.store_dataset(
-                    data_set,
-                    str(context.transfer_syntax),
-                    sop_class_uid=sop_class_uid,
-                    sop_instance_uid=sop_instance_uid,
-                    source=source,
+    def _negotiate(self, request: AssociateRequest) -> list[tuple[int, ContextResult, str, str]]:
+        """Answer each proposed context: (ID, result, transfer syntax, abstract syntax)."""
+        answers: list[tuple[int, ContextResult, str, str]] = []
+        seen: set[int] = set()
+        for proposed in request.contexts:
+            if proposed.context_id in seen:
+                continue  # a duplicated ID: the first proposal is the one answered
+            seen.add(proposed.context_id)
+            echoed = proposed.transfer_syntaxes[0] if proposed.transfer_syntaxes else ""
+            supported = self._supported.get(proposed.abstract_syntax)
+            if supported is None:
+                result, syntax = ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, echoed
+            else:
+                chosen = next((s for s in proposed.transfer_syntaxes if s in supported), None)
+                result, syntax = (
+                    (ContextResult.ACCEPTANCE, chosen)
+                    if chosen is not None
+                    else (ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, echoed)
                 )
-        except Exception as error:
-            status, comment = storage_status_for(error)
-            if status is StorageStatus.PROCESSING_FAILURE:
-                _log.exception("dimse.c_store_failed source=%s", source)
-            else:  # the ingest service already logged the refusal (one line, with its reason)
-                _log.debug(
-                    "dimse.c_store_refused status=0x%04X source=%s comment=%s",
-                    status,
-                    source,
-                    comment,
-                )
-            return _status(status, comment)
-        return _status(StorageStatus.SUCCESS, None)
+            answers.append((proposed.context_id, result, syntax, proposed.abstract_syntax))
+        return answers
 
 
-class _received_data_set:  # noqa: N801  (a context manager used like a function)
-    """Open the received data set, positioned after any File Meta Information."""
-
-    def __init__(self, event: evt.Event) -> None:
-        self._event = event
-        self._file: BinaryIO | None = None
-
-    def __enter__(self) -> BinaryIO:
-        try:
-            path: Path = self._event.dataset_path
-        except AttributeError:  # configure_pynetdicom() not called: the data set is in memory
-            stream = cast(BinaryIO, cast(Any, self._event.request).DataSet)
-            stream.seek(0)
-            return stream
-        self._file = path.open("rb")
-        head = self._file.read(_FILE_META_HEAD)
-        (group_length,) = struct.unpack("<I", head[-4:])
-        self._file.seek(_FILE_META_HEAD + group_length)
-        return self._file
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._file is not None:
-            self._file.close()
+def _listen(address: tuple[str, int], *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        listener.bind(address)
+        listener.listen(_LISTEN_BACKLOG)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
-def _status(status: StorageStatus, comment: str | None) -> Dataset:
-    response = Dataset()
-    response.Status = int(status)
-    if comment:
-        response.ErrorComment = error_comment(comment)
-    return response
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall(data)
 
 
-def _build_ae(ae_title: str) -> Any:
-    ae = AE(ae_title=ae_title)
-    ae.maximum_pdu_size = _MAXIMUM_PDU_SIZE
-    ae.maximum_associations = _MAXIMUM_ASSOCIATIONS
-    ae.require_called_aet = False  # checked in _on_association_requested, with the audit
-    ae.add_supported_context(VERIFICATION_SOP_CLASS, list(_VERIFICATION_TRANSFER_SYNTAXES))
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(
-            cast(str, context.abstract_syntax), list(STORAGE_TRANSFER_SYNTAXES)
-        )
-    return ae
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _resolve_peers(peers: tuple[Peer, ...]) -> frozenset[tuple[str, str]]:

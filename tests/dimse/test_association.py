@@ -137,12 +137,7 @@ def test_accepted_sockets_have_tcp_nodelay(box_node: BoxNode) -> None:
     ae.add_requested_context("1.2.840.10008.1.1")
     association = ae.associate("127.0.0.1", box_node.port, ae_title=BOX_AET)
     try:
-        server = box_node.server._server
-        assert server is not None
-        [acceptor] = server.active_associations
-        assert acceptor.dul.socket is not None
-        sock = acceptor.dul.socket.socket
-        assert sock is not None
+        [sock] = box_node.server.active_sockets()
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         association.release()
