@@ -103,6 +103,11 @@ class IngestService:
         self._subscribers: list[Callable[[InstanceRecord], None]] = []
         self._subscribers_lock = threading.Lock()
 
+    @property
+    def max_instance_bytes(self) -> int:
+        """Largest data set (C-STORE) or Part 10 file (STOW-RS) accepted."""
+        return self._max_instance_bytes
+
     def subscribe(self, callback: Callable[[InstanceRecord], None]) -> None:
         """Call ``callback`` after each new instance is stored and indexed.
 
