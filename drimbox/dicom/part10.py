@@ -23,6 +23,7 @@ from pydicom.filereader import _read_file_meta_info, read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from drimbox.dicom._header import NotHandledError, read_little_endian_header
 from drimbox.errors import InstanceTooLargeError, UnreadableInstanceError
 
 __all__ = [
@@ -65,6 +66,7 @@ _LONG_VRS = frozenset(
 _MAX_NESTING = 64
 _PIXEL_DATA_TAG = BaseTag(0x7FE00010)
 _INFLATE_IN_MEMORY_BYTES = 16 << 20  # larger inflated data sets spill to a temporary file
+_ONE_PASS_MAX_BYTES = 16 << 20  # larger data sets (not in memory already) are read as streams
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +216,9 @@ def read_data_set_header(
 
     The structure is checked first (every element, item and fragment lies within the bytes
     received; delimiters are present), then the elements before the pixel data are parsed with
-    pydicom; the pixel data value is skipped, never read into memory.
+    pydicom; the pixel data value is skipped, never decoded. A little endian data set held in
+    memory (an ``io.BytesIO``), or small enough to be read into memory, is checked and parsed
+    in one pass (:mod:`drimbox.dicom._header`) with the same result.
 
     Parameters
     ----------
@@ -249,7 +253,41 @@ def read_data_set_header(
             if header.pixel_data is None
             else dataclasses.replace(header.pixel_data, value_offset=None),
         )
+    if syntax.is_little_endian:
+        in_one_pass = _read_header_in_one_pass(stream, syntax)
+        if in_one_pass is not None:
+            return in_one_pass
     return _read_header(stream, syntax, stream.tell())
+
+
+def _read_header_in_one_pass(stream: BinaryIO, syntax: UID) -> DataSetHeader | None:
+    """Parse with :func:`read_little_endian_header`; ``None`` if the generic reader must."""
+    start = stream.tell()
+    if isinstance(stream, io.BytesIO):
+        data, origin = stream.getvalue(), 0  # no copy: the buffer is shared
+    else:
+        end = stream.seek(0, io.SEEK_END)
+        stream.seek(start)
+        if end - start > _ONE_PASS_MAX_BYTES:
+            return None
+        data, origin = stream.read(end - start), start
+    try:
+        found = read_little_endian_header(
+            data, start - origin, implicit=syntax.is_implicit_VR, stream=stream, origin=origin
+        )
+    except NotHandledError:
+        stream.seek(start)
+        return None
+    if found.pixel_data is None:
+        return DataSetHeader(dataset=found.dataset, pixel_data=None)
+    pixel = found.pixel_data
+    element = PixelDataElement(
+        tag=pixel.tag,
+        vr=pixel.vr,
+        value_offset=pixel.value_offset - (start - origin),
+        encapsulated=pixel.encapsulated,
+    )
+    return DataSetHeader(dataset=found.dataset, pixel_data=element)
 
 
 def _read_header(stream: BinaryIO, syntax: UID, base: int) -> DataSetHeader:
