@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from drimbox.dicom.attributes import INDEXED_ATTRIBUTES, PERSON_NAME_ATTRIBUTES
 from drimbox.index._dicomjson import VALUE_SEPARATOR
 from drimbox.index._query import CASE_FOLDED_SUFFIX, FUZZY_SUFFIX, case_folded, fuzzy_key
@@ -14,6 +16,7 @@ from drimbox.model import InstanceRecord, Level
 __all__ = [
     "EPOCH",
     "NOT_ISSUED",
+    "flat_values",
     "integer_order",
     "level_values",
     "list_with",
@@ -77,6 +80,64 @@ def list_with(existing: str | None, value: str | None) -> str | None:
     return VALUE_SEPARATOR.join(sorted(items)) or None
 
 
+_NOT_LIKE_JSON_MODULE = (b"null", b"0.0000", b"e-")
+"""Where orjson's text may differ from :func:`json.dumps`: ``NaN`` and infinities (orjson writes
+``null``), floats below 1e-4 (orjson writes ``0.00001`` and ``1e-7``, json ``1e-05``)."""
+
+
 def metadata_text(record: InstanceRecord) -> str:
-    """Serialise the record's DICOM JSON once; this exact text is stored and served."""
-    return json.dumps(record.metadata, separators=(",", ":"), ensure_ascii=False)
+    """Serialise the record's DICOM JSON once; this exact text is stored and served.
+
+    The text is :func:`json.dumps`'s compact, non-ASCII-escaping form. orjson writes the same
+    text ten times faster for what metadata holds; anything it cannot write, or may write
+    differently (:data:`_NOT_LIKE_JSON_MODULE`), is written by :mod:`json` itself.
+    """
+    try:
+        encoded = orjson.dumps(record.metadata)
+    except orjson.JSONEncodeError:
+        encoded = b"null"
+    if any(text in encoded for text in _NOT_LIKE_JSON_MODULE):
+        return json.dumps(record.metadata, separators=(",", ":"), ensure_ascii=False)
+    return encoded.decode()
+
+
+_LEVELS = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
+_KEYWORDS = tuple(keyword for level in _LEVELS for keyword in INDEXED_ATTRIBUTES[level])
+_PERSON_NAMES = tuple(keyword for keyword in _KEYWORDS if keyword in PERSON_NAME_ATTRIBUTES)
+if len(set(_KEYWORDS)) != len(_KEYWORDS):  # pragma: no cover - a schema invariant
+    raise AssertionError("an indexed attribute is kept at two levels")
+
+
+def flat_values(record: InstanceRecord) -> dict[str, Any]:
+    """Return the stored columns of every level for ``record``, in one dictionary.
+
+    Same values as :func:`level_values` at each level (attribute keywords are distinct across
+    levels), plus the instance's stored-object columns, the ordering integers and its metadata
+    text: the parameters of the SQL add transaction.
+    """
+    attributes = record.attributes
+    values: dict[str, Any] = {keyword: attributes.get(keyword) or None for keyword in _KEYWORDS}
+    for keyword in _PERSON_NAMES:
+        name = values[keyword]
+        values[keyword + CASE_FOLDED_SUFFIX] = case_folded(name)
+        values[keyword + FUZZY_SUFFIX] = fuzzy_key(name)
+    blob = record.blob
+    values.update(
+        PatientID=values["PatientID"] or NOT_ISSUED,
+        IssuerOfPatientID=values["IssuerOfPatientID"] or NOT_ISSUED,
+        StudyInstanceUID=record.study_instance_uid,
+        SeriesInstanceUID=record.series_instance_uid,
+        SOPInstanceUID=record.sop_instance_uid,
+        SOPClassUID=record.sop_class_uid,
+        series_number_order=integer_order(values["SeriesNumber"]),
+        instance_number_order=integer_order(values["InstanceNumber"]),
+        transfer_syntax_uid=record.transfer_syntax_uid,
+        blob_key=blob.key,
+        blob_size=blob.size,
+        blob_sha256=blob.sha256,
+        number_of_frames=record.number_of_frames,
+        pixel_data_offset=record.pixel_data_offset,
+        received_at=microseconds(record.received_at),
+        metadata=metadata_text(record),
+    )
+    return values

@@ -31,19 +31,14 @@ from drimbox.errors import DrimboxError, IndexUnavailableError
 from drimbox.index._dicomjson import RenderedMatches
 from drimbox.index._migrate import upgrade_to_head
 from drimbox.index._query import plan_query
-from drimbox.index._records import (
-    integer_order,
-    level_values,
-    metadata_text,
-    microseconds,
-)
+from drimbox.index._records import flat_values, microseconds
 from drimbox.index._schema import instances, patients, rejected_instances, series, studies
+from drimbox.index._sqladd import DriverAdd
 from drimbox.index._sqlsearch import build_search, parent_joins
 from drimbox.index._sqlwrite import (
     AnyRow,
     DuplicateInstanceError,
     ReparentError,
-    add_instance_in,
     reject_instances_in,
     remove_instance_in,
 )
@@ -131,6 +126,7 @@ class SqlIndex:
         self._seen_revisions: dict[str, int] = {}
         self._seen_lock = threading.Lock()
         self._rendered = RenderedMatches()
+        self._add = DriverAdd(self._writer)
         if migrate:
             with self._guard():
                 upgrade_to_head(self._writer)
@@ -148,10 +144,18 @@ class SqlIndex:
             ) from error
 
     def _write(self, work: Callable[[sa.Connection], _T]) -> _T:
+        def transaction() -> _T:
+            with self._writer.begin() as connection:
+                return work(connection)
+
+        return self._retrying(transaction)
+
+    def _retrying(self, transaction: Callable[[], _T]) -> _T:
+        """Run a write transaction, again after a deadlock, serialization failure or busy file."""
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                with self._guard_retry(attempt), self._writer.begin() as connection:
-                    return work(connection)
+                with self._guard_retry(attempt):
+                    return transaction()
             except _RetryError:
                 continue
         raise AssertionError("unreachable")  # pragma: no cover
@@ -176,36 +180,16 @@ class SqlIndex:
 
     def add_instance(self, record: InstanceRecord) -> AddOutcome:
         """Index a new instance atomically; ``DUPLICATE`` if its SOP Instance UID is held."""
-        values = {
-            level: level_values(record, level)
-            for level in (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
-        }
-        image = values[Level.IMAGE]
-        image.update(
-            instance_number_order=integer_order(image["InstanceNumber"]),
-            transfer_syntax_uid=record.transfer_syntax_uid,
-            blob_key=record.blob.key,
-            blob_size=record.blob.size,
-            blob_sha256=record.blob.sha256,
-            number_of_frames=record.number_of_frames,
-            pixel_data_offset=record.pixel_data_offset,
-            received_at=microseconds(record.received_at),
-            metadata=metadata_text(record),
-        )
-        values[Level.SERIES]["series_number_order"] = integer_order(
-            values[Level.SERIES]["SeriesNumber"]
-        )
+        values = flat_values(record)
         for _ in range(REPARENT_ATTEMPTS):
             try:
-                return self._write(lambda connection: add_instance_in(connection, values))
+                self._retrying(lambda: self._add(values))
             except DuplicateInstanceError:
                 return AddOutcome.DUPLICATE
             except ReparentError as moved:
-                values[Level.STUDY]["StudyInstanceUID"] = moved.parents["StudyInstanceUID"]
-                values[Level.PATIENT].update(
-                    PatientID=moved.parents["PatientID"],
-                    IssuerOfPatientID=moved.parents["IssuerOfPatientID"],
-                )
+                values.update(moved.parents)
+            else:
+                return AddOutcome.STORED
         raise IndexUnavailableError("the instance's series kept moving between studies")
 
     def get_instance(self, sop_instance_uid: str) -> InstanceLocation | None:
