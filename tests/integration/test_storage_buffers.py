@@ -1,0 +1,80 @@
+"""FilesystemBlobStore puts of content held in memory: written in place, durable, all or nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from drimbox.errors import StorageFullError
+from drimbox.storage import FilesystemBlobStore
+from tests.integration.test_storage_failures import (  # noqa: F401  (fixtures)
+    few_inodes_filesystem,
+    small_filesystem,
+)
+
+pytestmark = pytest.mark.integration
+
+OBJECT_SIZE = 256 * 1024
+
+
+def test_buffers_are_written_at_the_final_path_without_a_temporary_file(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    buffers = (b"meta", bytearray(b"data set"), memoryview(b"+pixels"), b"")
+
+    blob = store.put(buffers)  # type: ignore[arg-type]  # any bytes-like buffer is written
+
+    path = tmp_path / blob.key[:2] / blob.key
+    assert path.read_bytes() == b"metadata set+pixels"
+    assert blob.size == 19
+    assert blob.sha256 == hashlib.sha256(b"metadata set+pixels").hexdigest()
+    assert os.listdir(tmp_path / "tmp") == []
+    assert list(store.keys()) == [blob.key]
+
+
+def test_more_buffers_than_one_writev_takes_are_all_written_in_order(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    buffers = [bytes([n % 256]) * (n % 7) for n in range(1000)]
+
+    blob = store.put(buffers)
+
+    assert b"".join(store.stream(blob.key)) == b"".join(buffers)
+
+
+def test_a_missing_fan_out_directory_is_created_again(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    for directory in (tmp_path / f"{n:02x}" for n in range(256)):
+        directory.rmdir()
+
+    blob = store.put([b"x"])
+
+    assert list(store.keys()) == [blob.key]
+
+
+def test_full_filesystem_fails_the_put_and_leaves_no_partial_object(
+    small_filesystem: Path,  # noqa: F811
+) -> None:
+    store = FilesystemBlobStore(small_filesystem)
+    stored: list[str] = []
+    with pytest.raises(StorageFullError, match="no space left"):
+        for seed in range(32):
+            stored.append(store.put([bytes([seed]) * OBJECT_SIZE]).key)
+
+    assert stored, "not even one object fitted"
+    assert sorted(store.keys()) == sorted(stored)
+    assert all(store.size(key) == OBJECT_SIZE for key in stored)
+    assert os.listdir(small_filesystem / "tmp") == []
+
+
+def test_no_inode_left_fails_the_put_and_keeps_only_whole_objects(
+    few_inodes_filesystem: Path,  # noqa: F811
+) -> None:
+    store = FilesystemBlobStore(few_inodes_filesystem)
+    with pytest.raises(StorageFullError):
+        for _ in range(32):
+            store.put((b"meta", b"x" * 1020))
+
+    held = list(store.keys())
+    assert all(store.size(key) == 1024 for key in held)
