@@ -25,10 +25,11 @@ Policy
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import BinaryIO
 
@@ -62,6 +63,7 @@ _log = logging.getLogger("drimbox.ingest")
 
 _CHUNK_SIZE = 1 << 20
 _SPOOL_MAX_MEMORY = 8 << 20
+_IN_MEMORY_MAX_BYTES = 16 << 20  # larger streams are parsed and written in chunks
 _NUMBER_OF_FRAMES = BaseTag(0x00280008)
 
 
@@ -158,8 +160,11 @@ class IngestService:
             command_class = validate_uid(sop_class_uid, "Affected SOP Class UID")
             command_instance = validate_uid(sop_instance_uid, "Affected SOP Instance UID")
             syntax = validate_uid(transfer_syntax_uid, "Transfer Syntax UID")
+            held = _held_in_memory(dataset, start, size)
             header = read_data_set_header(
-                dataset, syntax, max_inflated_bytes=self._max_instance_bytes
+                dataset if held is None else io.BytesIO(held),
+                syntax,
+                max_inflated_bytes=self._max_instance_bytes,
             )
             identity = instance_identity(header.dataset)
             check_uids_agree("SOP Class UID", command_class, identity.sop_class_uid, "command")
@@ -171,10 +176,11 @@ class IngestService:
             raise
         file_meta = encode_file_meta(command_class, command_instance, syntax)
 
-        def chunks() -> Iterator[bytes]:
-            yield file_meta
+        def chunks() -> Iterable[bytes]:
+            if held is not None:
+                return (file_meta, held)  # one writev, no copy
             dataset.seek(start)
-            yield from _read_chunks(dataset)
+            return itertools.chain((file_meta,), _read_chunks(dataset))
 
         return self._store(identity, header, syntax, len(file_meta), chunks, source)
 
@@ -210,10 +216,12 @@ class IngestService:
             size = stream.seek(0, io.SEEK_END) - start
             stream.seek(start)
             self._check_size(size)
-            meta, data_set_offset = read_file_meta(stream)
+            held = _held_in_memory(stream, start, size)
+            parsed = stream if held is None else io.BytesIO(held)
+            meta, data_set_offset = read_file_meta(parsed)
             syntax = validate_uid(str(meta.TransferSyntaxUID), "Transfer Syntax UID")
             header = read_data_set_header(
-                stream, syntax, max_inflated_bytes=self._max_instance_bytes
+                parsed, syntax, max_inflated_bytes=self._max_instance_bytes
             )
             identity = instance_identity(header.dataset)
             media_class = meta.get("MediaStorageSOPClassUID")
@@ -236,9 +244,11 @@ class IngestService:
             self._refused(error, source, None)
             raise
 
-        def chunks() -> Iterator[bytes]:
+        def chunks() -> Iterable[bytes]:
+            if held is not None:
+                return (held,)
             stream.seek(start)
-            yield from _read_chunks(stream)
+            return _read_chunks(stream)
 
         return self._store(identity, header, syntax, data_set_offset, chunks, source)
 
@@ -275,7 +285,7 @@ class IngestService:
         header: DataSetHeader,
         transfer_syntax_uid: str,
         data_set_offset: int,
-        chunks: Callable[[], Iterator[bytes]],
+        chunks: Callable[[], Iterable[bytes]],
         source: str,
     ) -> StoreResult:
         pixel = header.pixel_data
@@ -413,6 +423,22 @@ class IngestService:
                 _log.exception(
                     "ingest.subscriber_failed sop_instance_uid=%s", record.sop_instance_uid
                 )
+
+
+def _held_in_memory(stream: BinaryIO, start: int, size: int) -> bytes | None:
+    """Return the stream's bytes from ``start``, or ``None`` for a large stream not in memory.
+
+    An ``io.BytesIO`` shares its buffer (no copy when ``start`` is 0); another stream of at
+    most :data:`_IN_MEMORY_MAX_BYTES` is read once, then parsed and written from memory.
+    """
+    if isinstance(stream, io.BytesIO):
+        data = stream.getvalue()
+        return data[start:] if start else data
+    if size > _IN_MEMORY_MAX_BYTES:
+        return None
+    data = stream.read(size)
+    stream.seek(start)
+    return data if len(data) == size else None
 
 
 def _read_chunks(stream: BinaryIO) -> Iterator[bytes]:
