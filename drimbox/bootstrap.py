@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.process
+import multiprocessing.synchronize
 import signal
 import socket
 import threading
@@ -28,7 +29,7 @@ from drimbox.audit import FileAuditLog
 from drimbox.config import Settings
 from drimbox.dimse import configure_pynetdicom
 from drimbox.dimse.pacs import DimsePacs
-from drimbox.dimse.scp import DimseServer
+from drimbox.dimse.scp import DimseServer, bind_listener
 from drimbox.hl7.inbox import HL7Inbox, make_report_handler
 from drimbox.hl7.mllp import MllpServer
 from drimbox.hl7.reports import ReportWorker
@@ -53,6 +54,7 @@ __all__ = ["Box", "build_adapters", "build_blob_store", "build_box", "run_dimse_
 
 _log = logging.getLogger("drimbox.bootstrap")
 _HTTP_STARTUP_TIMEOUT = 15.0
+_RECEIVER_STARTUP_TIMEOUT = 60.0
 _MAX_QIDO_RESULTS = 1000
 _MAINTENANCE_INTERVAL = 30.0
 _UID_ROOT_FILE = "organization-uid-root"
@@ -128,6 +130,7 @@ class Box:
     mllp: MllpServer
     hl7_worker: ReportWorker
     http_listener: socket.socket
+    dimse_listener: socket.socket | None = None
     _http_server: uvicorn.Server | None = None
     _http_thread: threading.Thread | None = None
     _receivers: list[multiprocessing.process.BaseProcess] = field(default_factory=list)
@@ -222,19 +225,26 @@ class Box:
         self._http_server, self._http_thread = server, thread
 
     def _start_receivers(self) -> None:
+        """Start the extra DIMSE receiver processes; return once each one accepts associations."""
         extra = self.settings.dimse_processes - 1
         if extra <= 0:
             return
         context = multiprocessing.get_context("spawn")
         for number in range(extra):
+            ready = context.Event()
             process = context.Process(
                 target=run_dimse_receiver,
-                args=(self.settings,),
+                args=(self.settings, self.dimse_listener, ready),
                 name=f"drimbox-dimse-{number + 1}",
                 daemon=True,
             )
             process.start()
             self._receivers.append(process)
+            if not ready.wait(_RECEIVER_STARTUP_TIMEOUT):
+                raise RuntimeError(
+                    f"DIMSE receiver process {number + 1} did not start within "
+                    f"{_RECEIVER_STARTUP_TIMEOUT:.0f} s (exit code {process.exitcode})"
+                )
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -334,6 +344,11 @@ def build_box(settings: Settings, *, dimse: bool = True) -> Box:
         settings.host, settings.hl7_port, make_report_handler(inbox, on_stored=hl7_worker.wake)
     )
     app = _build_app(settings, query=query, retrieve=retrieve, ingest=ingest, index=index)
+    dimse_listener = (
+        bind_listener(settings.host, settings.dimse_port)
+        if dimse and settings.dimse_processes > 1
+        else None
+    )
     server = (
         DimseServer(
             ae_title=settings.aet,
@@ -343,7 +358,7 @@ def build_box(settings: Settings, *, dimse: bool = True) -> Box:
             loopback_only=settings.loopback_only,
             ingest=ingest,
             audit=audit,
-            reuse_port=settings.dimse_processes > 1,
+            listener=dimse_listener,
         )
         if dimse
         else None
@@ -366,6 +381,7 @@ def build_box(settings: Settings, *, dimse: bool = True) -> Box:
         mllp=mllp,
         hl7_worker=hl7_worker,
         http_listener=http_listener,
+        dimse_listener=dimse_listener,
     )
 
 
@@ -414,8 +430,10 @@ def _build_app(
     return app
 
 
-def run_dimse_receiver(settings: Settings) -> None:
-    """Entry point of an extra DIMSE receiver process sharing the listening port.
+def run_dimse_receiver(
+    settings: Settings, listener: socket.socket, ready: multiprocessing.synchronize.Event
+) -> None:
+    """Entry point of an extra DIMSE receiver process sharing the listening socket.
 
     It builds its own adapters (each process has its own database connections) and serves
     C-ECHO/C-STORE until SIGTERM. Instances it stores reach the main process's workers through
@@ -433,12 +451,13 @@ def run_dimse_receiver(settings: Settings) -> None:
         loopback_only=settings.loopback_only,
         ingest=ingest,
         audit=audit,
-        reuse_port=True,
+        listener=listener,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     server.start()
+    ready.set()
     try:
         while not stop.wait(0.5):  # timed: see drimbox.cli.serve
             pass

@@ -11,8 +11,13 @@
   get A-ASSOCIATE-RJ rejected-permanent, source service-user, "calling AE title not
   recognised". Each rejection is logged and audited. Past :data:`MAXIMUM_ASSOCIATIONS`
   concurrent associations, A-ASSOCIATE-RJ rejected-transient, "local limit exceeded".
-- **Sockets**: TCP_NODELAY on every accepted socket; ``reuse_port`` sets SO_REUSEPORT on the
-  listening socket so several receiver processes share the port.
+- **Sockets**: TCP_NODELAY on every accepted socket.
+- **Several processes** (``drimbox serve --dimse-processes N``) share one listening socket
+  (:func:`bind_listener`, inherited by the receiver processes). Each process waits for a
+  pending connection, then accepts it at once when it serves no association, or after
+  :data:`ACCEPT_DEFER_SECONDS` per association it serves: the least busy process takes the
+  next association (SO_REUSEPORT would spread them by a hash of the peer's address, often
+  onto the same process).
 - **Threads**: one per association, which negotiates, then reads, stores and answers every
   message itself (:mod:`drimbox.dimse.association`).
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import selectors
 import socket
 import threading
 import time
@@ -87,10 +93,12 @@ from drimbox.ports import AuditLog
 from drimbox.services.ingest import IngestService
 
 __all__ = [
+    "ACCEPT_DEFER_SECONDS",
     "MAXIMUM_ASSOCIATIONS",
     "STORAGE_TRANSFER_SYNTAXES",
     "VERIFICATION_SOP_CLASS",
     "DimseServer",
+    "bind_listener",
 ]
 
 _log = logging.getLogger("drimbox.dimse")
@@ -117,6 +125,11 @@ STORAGE_TRANSFER_SYNTAXES = (
 
 MAXIMUM_ASSOCIATIONS = 64
 """Concurrent associations served; more are rejected-transient (PS3.8 §9.3.4)."""
+
+ACCEPT_DEFER_SECONDS = 0.002
+"""With a shared listener, how long a process defers an accept per association it serves."""
+
+_MAXIMUM_DEFERRED_ASSOCIATIONS = 8
 
 MAXIMUM_PDU_LENGTH = 1 << 20
 """Largest P-DATA-TF variable field announced (PS3.8 Annex D.1): fewer, larger PDUs cost less."""
@@ -164,8 +177,9 @@ class DimseServer:
         Stores received instances.
     audit
         Association rejections are recorded there.
-    reuse_port
-        Set SO_REUSEPORT so that several processes can listen on the same port.
+    listener
+        A listening socket shared with other processes (:func:`bind_listener`); ``host`` and
+        ``port`` are then ignored. Without it, the server binds its own.
     """
 
     def __init__(
@@ -178,7 +192,7 @@ class DimseServer:
         loopback_only: bool,
         ingest: IngestService,
         audit: AuditLog,
-        reuse_port: bool = False,
+        listener: socket.socket | None = None,
     ) -> None:
         self._ae_title = ae_title
         self._address = (host, port)
@@ -186,7 +200,7 @@ class DimseServer:
         self._loopback_only = loopback_only
         self._ingest = ingest
         self._audit = audit
-        self._reuse_port = reuse_port
+        self._shared_listener = listener
         self._allowed = _resolve_peers(peers)
         self._supported = _supported_syntaxes()
         self._listener: socket.socket | None = None
@@ -211,7 +225,7 @@ class DimseServer:
         with self._lock:
             if self._listener is not None:
                 return int(self._listener.getsockname()[1])
-            listener = _listen(self._address, reuse_port=self._reuse_port)
+            listener = self._shared_listener or bind_listener(*self._address)
             self._stopping.clear()
             thread = threading.Thread(
                 target=self._accept_loop,
@@ -256,29 +270,42 @@ class DimseServer:
     # -- accepting -----------------------------------------------------------------------------
 
     def _accept_loop(self, listener: socket.socket) -> None:
-        listener.settimeout(_ACCEPT_POLL_SECONDS)
-        while not self._stopping.is_set():
-            try:
-                sock, address = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError as error:
-                if self._stopping.is_set():
-                    return
+        listener.setblocking(False)
+        shared = self._shared_listener is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                if not selector.select(_ACCEPT_POLL_SECONDS):
+                    continue
+                if shared and (busy := self._active_count()):
+                    time.sleep(min(busy, _MAXIMUM_DEFERRED_ASSOCIATIONS) * ACCEPT_DEFER_SECONDS)
+                self._accept(listener)
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            sock, address = listener.accept()
+        except BlockingIOError:  # another process took it
+            return
+        except OSError as error:
+            if not self._stopping.is_set():
                 _log.warning("dimse.accept_failed error=%s", error)
                 time.sleep(_ACCEPT_POLL_SECONDS)
-                continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            handler = threading.Thread(
-                target=self._handle,
-                args=(sock, str(address[0])),
-                name=f"drimbox-dimse-association-{address[0]}:{address[1]}",
-                daemon=True,
-            )
-            with self._lock:
-                self._active[sock] = None
-                self._handlers.add(handler)
-            handler.start()
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        handler = threading.Thread(
+            target=self._handle,
+            args=(sock, str(address[0])),
+            name=f"drimbox-dimse-association-{address[0]}:{address[1]}",
+            daemon=True,
+        )
+        with self._lock:
+            self._active[sock] = None
+            self._handlers.add(handler)
+        handler.start()
+
+    def _active_count(self) -> int:
+        with self._lock:
+            return len(self._active)
 
     def _handle(self, sock: socket.socket, address: str) -> None:
         try:
@@ -327,7 +354,7 @@ class DimseServer:
             _log.info("dimse.association_request_lost address=%s error=%s", address, error)
             reader.close()
             return None
-        if not self._accept(sock, request, address):
+        if not self._admit(sock, request, address):
             reader.close()
             return None
         contexts = self._negotiate(request)
@@ -366,7 +393,7 @@ class DimseServer:
 
     # -- association policy ------------------------------------------------------------------
 
-    def _accept(self, sock: socket.socket, request: AssociateRequest, address: str) -> bool:
+    def _admit(self, sock: socket.socket, request: AssociateRequest, address: str) -> bool:
         """Send A-ASSOCIATE-RJ (logged, audited) and return ``False`` when refused."""
         if not request.supports_protocol_version:
             result, source, reason, why = (
@@ -456,15 +483,14 @@ class DimseServer:
         return answers
 
 
-def _listen(address: tuple[str, int], *, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+def bind_listener(host: str, port: int) -> socket.socket:
+    """Bind and listen on (``host``, ``port``) with TCP_NODELAY; port 0 picks a free port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        listener.bind(address)
+        listener.bind((host, port))
         listener.listen(_LISTEN_BACKLOG)
     except BaseException:
         listener.close()

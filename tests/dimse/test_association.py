@@ -144,27 +144,45 @@ def test_accepted_sockets_have_tcp_nodelay(box_node: BoxNode) -> None:
 
 
 @pytest.mark.integration
-def test_reuse_port_lets_two_servers_listen_on_one_port(box_node_factory: BoxNodeFactory) -> None:
-    from drimbox.dimse.scp import DimseServer
+def test_servers_sharing_a_listener_take_associations_in_turn(
+    box_node_factory: BoxNodeFactory,
+) -> None:
+    from drimbox.dimse.scp import DimseServer, bind_listener
 
     first = box_node_factory()
-    servers: list[DimseServer] = []
-    for _ in range(2):
-        server = DimseServer(
+    listener = bind_listener("127.0.0.1", 0)
+    servers = [
+        DimseServer(
             ae_title=BOX_AET,
             host="127.0.0.1",
-            port=servers[0].port or 0 if servers else 0,
+            port=0,
             peers=(),
             loopback_only=True,
             ingest=first.ingest,
             audit=first.audit,
-            reuse_port=True,
+            listener=listener,
         )
-        server.start()
-        servers.append(server)
+        for _ in range(2)
+    ]
+    ports = {server.start() for server in servers}
     try:
-        assert servers[0].port == servers[1].port
-        assert _echoscu(servers[0].port or 0).startswith("rc=0")
+        assert ports == {listener.getsockname()[1]}
+        assert _echoscu(ports.pop()).startswith("rc=0")
+        spreads = []
+        for _attempt in range(3):  # the idle server wins the race unless the machine stalls
+            associations = []
+            for _ in range(2):
+                ae = AE(ae_title="PROBE")
+                ae.add_requested_context("1.2.840.10008.1.1")
+                association = ae.associate("127.0.0.1", servers[0].port or 0, ae_title=BOX_AET)
+                assert association.is_established
+                associations.append(association)
+            spreads.append(sorted(len(server.active_sockets()) for server in servers))
+            for association in associations:
+                association.release()
+            if spreads[-1] == [1, 1]:
+                break
+        assert spreads[-1] == [1, 1], spreads
     finally:
         for server in servers:
             server.stop()

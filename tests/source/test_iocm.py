@@ -3,12 +3,17 @@ from DICOMweb and replaces the manifest; rejecting everything left withdraws it.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.association import Association
 
 from drimbox.dicom.kos import (
     ManifestSeries,
@@ -20,6 +25,7 @@ from drimbox.identity import INS_NIR_TEST_OID, PatientIdentity
 from drimbox.model import Exam, ExamState
 from registry.models import EntryStatus
 from tests.source._support import (
+    BOX_AET,
     ORG_ROOT,
     Site,
     ans_message,
@@ -34,6 +40,7 @@ from tests.source.conftest import SiteFactory
 from tests.unit.test_kos import dciodvfy
 
 EXAM_C = ans_study(103)
+_ACCEPT_SECONDS = 0.5
 PATIENT = PatientIdentity(
     ins="279035121518989",
     ins_oid=INS_NIR_TEST_OID,
@@ -136,31 +143,58 @@ def test_rejection_note_hides_instances_and_replaces_then_withdraws_the_manifest
     assert qido_instances(site) & image_uids == set()
 
 
-def listening_sockets(port: int) -> int:
-    """How many sockets listen on ``port`` in this network namespace (/proc/net/tcp)."""
-    listen = "0A"  # TCP_LISTEN in /proc/net/tcp
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port and fields[3] == listen:
-            count += 1
-    return count
+def _served_by_main_process(site: Site, association: Association) -> bool:
+    local = association.dul.socket.socket.getsockname()  # type: ignore[union-attr]
+    dimse = site.box.dimse
+    assert dimse is not None
+    deadline = time.monotonic() + _ACCEPT_SECONDS
+    while time.monotonic() < deadline:
+        if any(sock.getpeername() == local for sock in dimse.active_sockets()):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@contextmanager
+def main_process_busy(site: Site) -> Iterator[None]:
+    """Hold an association served by the box's main process, so that the receiver process,
+    idle, takes the next ones (:data:`drimbox.dimse.scp.ACCEPT_DEFER_SECONDS`)."""
+    held: list[Association] = []
+    try:
+        for _ in range(8):
+            ae = AE(ae_title=site.pacs.aet)  # an allowed peer
+            ae.add_requested_context("1.2.840.10008.1.1")
+            association = ae.associate("127.0.0.1", site.box.dimse_port, ae_title=BOX_AET)
+            assert association.is_established
+            held.append(association)
+            if _served_by_main_process(site, association):
+                for other in held[:-1]:  # served by the receiver process: free it again
+                    other.release()
+                held = held[-1:]
+                break
+        else:
+            raise AssertionError("the main process never took an association")
+        yield
+    finally:
+        for association in held:
+            association.release()
 
 
 @pytest.mark.integration
 def test_rejection_notes_received_by_any_dimse_process_are_applied(
     site_factory: SiteFactory,
 ) -> None:
-    site = site_factory(dimse_processes=2)
-    wait_for(lambda: listening_sockets(site.box.dimse_port) == 2, 30, "the receiver process")
+    site = site_factory(dimse_processes=2)  # start() returns once the receiver accepts
     images = exam_datasets(EXAM_C, "ACN103")
     site.push(site.load(images))
     assert site.send(ans_message("CR_C-ORU")) == "AA"
     site.wait_state(EXAM_C, ExamState.PUBLISHED)
     rejected, kept = images[:-1], images[-1]
 
-    for ds in rejected:  # one note, one association each: SO_REUSEPORT spreads them
-        reject(site, [ds])
+    reject(site, [rejected[0]])  # received by whichever process is idle
+    with main_process_busy(site):  # the others: by the receiver process
+        for ds in rejected[1:]:
+            reject(site, [ds])
 
     def hidden() -> bool:
         return all(instance_status(site, ds) == httpx.codes.NOT_FOUND for ds in rejected)
