@@ -38,11 +38,9 @@ from drimbox.index._records import list_with
 from drimbox.index._schema import instances, patients, rejected_instances, series, studies
 from drimbox.index._sqlwrite import DuplicateInstanceError, ReparentError
 
-__all__ = ["AddStatements", "DriverAdd", "add_statements", "finish_add", "run_add"]
+__all__ = ["POSTGRESQL", "AddStatements", "add_statements", "finish_add", "run_add"]
 
 POSTGRESQL = "postgresql"
-SQLITE_BEGIN_WRITE = "BEGIN IMMEDIATE"
-"""SQLite: take the write lock up front, so that two writers never deadlock upgrading."""
 
 _IDENTITY_COLUMNS = frozenset(
     {"PatientID", "IssuerOfPatientID", "StudyInstanceUID", "SeriesInstanceUID"}
@@ -78,6 +76,7 @@ class AddStatements:
     study: str
     series: str
     instance: str
+    combined: str | None
     study_lists: str
     patient_counts: str
     parents_of_study: str
@@ -132,27 +131,26 @@ class _Sql:
         return f"(SELECT id FROM {table.name} WHERE {where})"
 
 
-@cache
-def add_statements(dialect: str) -> AddStatements:
-    """Return the add transaction's SQL for ``dialect`` (``sqlite`` or ``postgresql``)."""
-    sql = _Sql(dialect)
+def _hierarchy(sql: _Sql, study_parent: str, series_parent: str, instance_parent: str) -> list[str]:
+    """The patient, study and series upserts and the instance insert, parents given as SQL."""
     parameter = sql.parameter
     counted = {"number_of_instances": "1"}
-    count_one_more = {
-        "number_of_instances": "{table}.number_of_instances + 1",
-    }
+
+    def count_one_more(table: str) -> dict[str, str]:
+        return {"number_of_instances": f"{table}.number_of_instances + 1"}
+
     patient = sql.upsert(
         patients,
         ("PatientID", "IssuerOfPatientID"),
         {**counted, "number_of_studies": "1", "number_of_series": "1"},
-        {name: change.format(table="patients") for name, change in count_one_more.items()},
+        count_one_more("patients"),
         ("id", "number_of_instances"),
     )
     study = sql.upsert(
         studies,
         ("StudyInstanceUID",),
         {
-            "patient_pk": sql.key_of(patients, "PatientID", "IssuerOfPatientID"),
+            "patient_pk": study_parent,
             "last_received_at": parameter("received_at"),
             **counted,
             "number_of_series": "1",
@@ -162,37 +160,82 @@ def add_statements(dialect: str) -> AddStatements:
             "revision": "1",
         },
         {
-            **{name: change.format(table="studies") for name, change in count_one_more.items()},
+            **count_one_more("studies"),
             "last_received_at": f"{sql.latest}(studies.last_received_at, "
             "excluded.last_received_at)",
             "stable": "FALSE",
             "revision": "studies.revision + 1",
         },
-        ("id", "number_of_instances", "patient_pk", "modalities_in_study", "sop_classes_in_study"),
+        _STUDY_RETURNING,
     )
     series_upsert = sql.upsert(
         series,
         ("SeriesInstanceUID",),
-        {"study_pk": sql.key_of(studies, "StudyInstanceUID"), **counted},
-        {name: change.format(table="series") for name, change in count_one_more.items()},
-        ("id", "number_of_instances", "study_pk", "Modality"),
+        {"study_pk": series_parent, **counted},
+        count_one_more("series"),
+        _SERIES_RETURNING,
     )
-    instance_names = [name for name in _attribute_names(instances)]
+    instance_names = _attribute_names(instances)
     instance = (
         f"INSERT INTO instances ({', '.join(map(_quoted, [*instance_names, 'series_pk']))}) "
-        f"VALUES ({', '.join(parameter(name) for name in instance_names)}, "
-        f"{sql.key_of(series, 'SeriesInstanceUID')}) "
+        f"VALUES ({', '.join(parameter(name) for name in instance_names)}, {instance_parent}) "
         'ON CONFLICT ("SOPInstanceUID") DO NOTHING RETURNING id'
     )
+    return [patient, study, series_upsert, instance]
+
+
+_PATIENT_RETURNING = ("id", "number_of_instances")
+_STUDY_RETURNING = (
+    "id",
+    "number_of_instances",
+    "patient_pk",
+    "modalities_in_study",
+    "sop_classes_in_study",
+)
+_SERIES_RETURNING = ("id", "number_of_instances", "study_pk", "Modality")
+
+
+def _combined(sql: _Sql, rejected: str) -> str:
+    """PostgreSQL: the five statements as one, parents passed on by data-modifying CTEs.
+
+    Each CTE reads the row its predecessor returned, so the rows are still locked top-down.
+    """
+    patient, study, series_upsert, instance = _hierarchy(
+        sql, "(SELECT id FROM p)", "(SELECT id FROM s)", "(SELECT id FROM se)"
+    )
+    columns = [
+        *(f"p.{_quoted(name)}" for name in _PATIENT_RETURNING),
+        *(f"s.{_quoted(name)}" for name in _STUDY_RETURNING),
+        *(f"se.{_quoted(name)}" for name in _SERIES_RETURNING),
+    ]
+    return (
+        f"WITH p AS ({patient}), s AS ({study}), se AS ({series_upsert}), i AS ({instance}) "
+        f"SELECT ({rejected}), {', '.join(columns)}, (SELECT id FROM i) FROM p, s, se"
+    )
+
+
+@cache
+def add_statements(dialect: str) -> AddStatements:
+    """Return the add transaction's SQL for ``dialect`` (``sqlite`` or ``postgresql``)."""
+    sql = _Sql(dialect)
+    parameter = sql.parameter
+    rejected = (
+        f"SELECT 1 FROM {rejected_instances.name} "
+        f'WHERE "SOPInstanceUID" = {parameter("SOPInstanceUID")}'
+    )
+    patient, study, series_upsert, instance = _hierarchy(
+        sql,
+        sql.key_of(patients, "PatientID", "IssuerOfPatientID"),
+        sql.key_of(studies, "StudyInstanceUID"),
+        sql.key_of(series, "SeriesInstanceUID"),
+    )
     return AddStatements(
-        rejected=(
-            f"SELECT 1 FROM {rejected_instances.name} "
-            f'WHERE "SOPInstanceUID" = {parameter("SOPInstanceUID")}'
-        ),
+        rejected=rejected,
         patient=patient,
         study=study,
         series=series_upsert,
         instance=instance,
+        combined=_combined(sql, rejected) if dialect == POSTGRESQL else None,
         study_lists=(
             "UPDATE studies SET number_of_series = number_of_series + "
             f"{parameter('new_series')}, modalities_in_study = {parameter('modalities')}, "
@@ -293,97 +336,3 @@ def run_add(statements: AddStatements, execute: Execute, values: dict[str, Any])
         )
     ]
     finish_add(statements, execute, values, rows)
-
-
-class DriverAdd:
-    """Runs the add transaction on a pooled driver connection of ``engine``.
-
-    SQLite: ``BEGIN IMMEDIATE``, the statements one by one, ``COMMIT``. PostgreSQL (psycopg 3):
-    the first five statements in one pipeline (one round trip), the follow-ups, ``COMMIT``.
-    Driver errors come out as :class:`sqlalchemy.exc.DBAPIError` (as if the statements had run
-    through SQLAlchemy), so that callers retry and report them as for any other write; a
-    connection the driver reports as broken is discarded from the pool.
-    """
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self._engine = engine
-        self._dialect = engine.dialect
-        self._statements = add_statements(engine.dialect.name)
-        self._pipelined = engine.dialect.name == POSTGRESQL
-        self._begin = SQLITE_BEGIN_WRITE if engine.dialect.name == "sqlite" else None
-
-    def __call__(self, values: dict[str, Any]) -> None:
-        """Add the instance described by the flat ``values`` and commit (durably)."""
-        pooled = self._engine.raw_connection()
-        try:
-            connection = pooled.driver_connection
-            try:
-                if self._pipelined:
-                    self._add_pipelined(connection, values)
-                else:
-                    self._add_sequential(connection, values)
-            except BaseException as error:
-                self._roll_back(pooled, connection)
-                dbapi_error = self._dialect.loaded_dbapi.Error
-                if not isinstance(error, dbapi_error):
-                    raise
-                invalidated = self._dialect.is_disconnect(error, connection, None)
-                if invalidated:
-                    pooled.invalidate(error)
-                raise sa.exc.DBAPIError.instance(
-                    "add instance",
-                    None,
-                    error,
-                    dbapi_error,
-                    connection_invalidated=invalidated,
-                    dialect=self._dialect,
-                ) from error
-        finally:
-            pooled.close()
-
-    def _roll_back(self, pooled: Any, connection: Any) -> None:
-        try:
-            connection.rollback()
-        except self._dialect.loaded_dbapi.Error as error:
-            pooled.invalidate(error)
-
-    def _add_sequential(self, connection: Any, values: dict[str, Any]) -> None:
-        cursor = connection.cursor()
-        try:
-
-            def execute(statement: str, parameters: dict[str, Any]) -> Sequence[Any] | None:
-                cursor.execute(statement, parameters)
-                row: Sequence[Any] | None = cursor.fetchone()
-                return row
-
-            if self._begin is not None:
-                cursor.execute(self._begin)
-            run_add(self._statements, execute, values)
-            cursor.execute("COMMIT")
-        finally:
-            cursor.close()
-
-    def _add_pipelined(self, connection: Any, values: dict[str, Any]) -> None:
-        statements = self._statements
-        with connection.pipeline():
-            cursors = []
-            for statement in (
-                statements.rejected,
-                statements.patient,
-                statements.study,
-                statements.series,
-                statements.instance,
-            ):
-                cursor = connection.cursor()
-                cursor.execute(statement, values, prepare=True)
-                cursors.append(cursor)
-        rows = [cursor.fetchone() for cursor in cursors]
-
-        def execute(statement: str, parameters: dict[str, Any]) -> Sequence[Any] | None:
-            cursor = connection.cursor()
-            cursor.execute(statement, parameters)
-            row: Sequence[Any] | None = cursor.fetchone() if cursor.description else None
-            return row
-
-        finish_add(statements, execute, values, rows)
-        connection.commit()

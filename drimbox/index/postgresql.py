@@ -45,4 +45,6 @@ class PostgresIndex(SqlIndex):
             max_overflow=pool_size,
             pool_pre_ping=True,
         )
-        super().__init__(engine)
+        # Adds skip the ping round trip: they retry on a new connection when theirs is broken.
+        adder = sa.create_engine(_psycopg_url(url), pool_size=pool_size, max_overflow=pool_size)
+        super().__init__(engine, adder=adder)

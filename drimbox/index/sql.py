@@ -29,11 +29,11 @@ import sqlalchemy as sa
 
 from drimbox.errors import DrimboxError, IndexUnavailableError
 from drimbox.index._dicomjson import RenderedMatches
+from drimbox.index._driveradd import DriverAdd
 from drimbox.index._migrate import upgrade_to_head
 from drimbox.index._query import plan_query
 from drimbox.index._records import flat_values, microseconds
 from drimbox.index._schema import instances, patients, rejected_instances, series, studies
-from drimbox.index._sqladd import DriverAdd
 from drimbox.index._sqlsearch import build_search, parent_joins
 from drimbox.index._sqlwrite import (
     AnyRow,
@@ -114,19 +114,28 @@ class SqlIndex:
     writer
         Engine for write transactions (SQLite: one whose transactions ``BEGIN IMMEDIATE``);
         defaults to ``reader``.
+    adder
+        Engine of :meth:`add_instance`'s transactions, on the driver's cursor (see
+        :mod:`drimbox.index._driveradd`); defaults to ``writer``.
     migrate
         Bring the schema to the latest revision at open (under a cross-process lock).
     """
 
     def __init__(
-        self, reader: sa.Engine, writer: sa.Engine | None = None, *, migrate: bool = True
+        self,
+        reader: sa.Engine,
+        writer: sa.Engine | None = None,
+        *,
+        adder: sa.Engine | None = None,
+        migrate: bool = True,
     ) -> None:
         self._reader = reader
         self._writer = writer or reader
+        self._adder = adder or self._writer
         self._seen_revisions: dict[str, int] = {}
         self._seen_lock = threading.Lock()
         self._rendered = RenderedMatches()
-        self._add = DriverAdd(self._writer)
+        self._add = DriverAdd(self._adder)
         if migrate:
             with self._guard():
                 upgrade_to_head(self._writer)
@@ -366,9 +375,8 @@ class SqlIndex:
 
     def close(self) -> None:
         """Release every pooled connection."""
-        self._reader.dispose()
-        if self._writer is not self._reader:
-            self._writer.dispose()
+        for engine in {self._reader, self._writer, self._adder}:
+            engine.dispose()
 
 
 class _RetryError(Exception):
