@@ -21,7 +21,7 @@ import struct
 from collections.abc import MutableSequence
 from typing import BinaryIO, NamedTuple, cast
 
-from pydicom.charset import convert_encodings, default_encoding
+from pydicom.charset import convert_encodings, default_encoding, python_encoding
 from pydicom.datadict import _dictionary_vr_fast
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataelem import empty_value_for_VR as _empty_value
@@ -49,6 +49,19 @@ _SHORT_VRS = frozenset(
     | {b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 )
 _EXPLICIT_VRS = {vr: (vr.decode("ascii"), vr in _LONG_VRS) for vr in _LONG_VRS | _SHORT_VRS}
+
+# RawDataElement is a NamedTuple: building it with tuple.__new__ skips its Python-level __new__.
+_RAW_ELEMENT_FIELDS = (
+    "tag", "VR", "length", "value", "value_tell", "is_implicit_VR", "is_little_endian", "is_raw",
+    "is_buffered",
+)  # fmt: skip
+if RawDataElement._fields != _RAW_ELEMENT_FIELDS:  # pragma: no cover - a pydicom upgrade
+    raise ImportError(f"pydicom's RawDataElement fields changed: {RawDataElement._fields}")
+
+
+def _new_raw_element(fields: tuple[object, ...]) -> RawDataElement:
+    return tuple.__new__(RawDataElement, fields)
+
 
 _TAG_LENGTH = struct.Struct("<HHI").unpack_from  # implicit VR header; items and delimiters
 _TAG_VR_LENGTH = struct.Struct("<HH2sH").unpack_from  # explicit VR header
@@ -122,10 +135,30 @@ def _dataset(elements: dict[BaseTag, RawDataElement | DataElement], implicit: bo
     encoding: str | MutableSequence[str] = default_encoding
     charset = elements.get(BaseTag(_SPECIFIC_CHARACTER_SET))
     if isinstance(charset, RawDataElement):
-        value = convert_raw_data_element(charset).value
-        encoding = convert_encodings(cast(str | MutableSequence[str] | None, value))
+        encoding = _character_set_encodings(charset)
     dataset.set_original_encoding(implicit, True, encoding)
     return dataset
+
+
+_SINGLE_CHARACTER_SETS = frozenset(python_encoding)  # one defined term, no code extensions
+_KNOWN_ENCODINGS: dict[bytes, list[str]] = {}
+
+
+def _character_set_encodings(charset: RawDataElement) -> list[str]:
+    """Python encodings of a Specific Character Set element, as ``read_dataset`` finds them.
+
+    Those of a single known defined term (PS3.3 §C.12.1.1.2) are remembered: their conversion
+    is the same every time and warns of nothing; any other value is converted each time.
+    """
+    raw = charset.value if isinstance(charset.value, bytes) else None
+    known = _KNOWN_ENCODINGS.get(raw) if raw is not None else None
+    if known is not None:
+        return list(known)
+    value = convert_raw_data_element(charset).value
+    encodings = list(convert_encodings(cast(str | MutableSequence[str] | None, value)))
+    if raw is not None and isinstance(value, str) and value in _SINGLE_CHARACTER_SETS:
+        _KNOWN_ENCODINGS.setdefault(raw, list(encodings))
+    return encodings
 
 
 class _Reader:
@@ -149,7 +182,6 @@ class _Reader:
         data, end, implicit, origin = self._data, self._end, self._implicit, self._origin
         self._check_vr_mode(position)
         elements: dict[BaseTag, RawDataElement | DataElement] = {}
-        encoding: str | MutableSequence[str] = default_encoding
         while position < end:
             if end - position < 8:
                 raise NotHandledError("truncated element header")
@@ -183,16 +215,16 @@ class _Reader:
                 return elements, after, PixelDataSpan(tag, vr or "OW", value, after, encapsulated)
             if length == _UNDEFINED_LENGTH:
                 key = BaseTag(tag)
-                elements[key], position = self._sequence(key, vr, value, encoding)
+                elements[key], position = self._sequence(key, vr, value, elements)
                 continue
             after = value + length
             if after > end:
                 raise NotHandledError("truncated element value")
             raw = data[value:after] if length else cast(bytes | None, _empty_value(vr, raw=True))
-            if tag == _SPECIFIC_CHARACTER_SET:
-                encoding = convert_encodings(convert_string(raw or b"", True))
             key = BaseTag(tag)
-            elements[key] = RawDataElement(key, vr, length, raw, origin + value, implicit, True)
+            elements[key] = _new_raw_element(
+                (key, vr, length, raw, origin + value, implicit, True, True, False)
+            )
             position = after
         return elements, position, None
 
@@ -206,11 +238,17 @@ class _Reader:
             raise NotHandledError("first element in the other VR mode")
 
     def _sequence(
-        self, tag: BaseTag, vr: str | None, value: int, encoding: str | MutableSequence[str]
+        self,
+        tag: BaseTag,
+        vr: str | None,
+        value: int,
+        preceding: dict[BaseTag, RawDataElement | DataElement],
     ) -> tuple[DataElement, int]:
         """Check an undefined-length sequence's structure, then parse it with pydicom.
 
-        Returns the element and the offset after its Sequence Delimitation Item.
+        ``preceding`` are the elements read before it at the same level: their Specific
+        Character Set is the sequence's. Returns the element and the offset after its Sequence
+        Delimitation Item.
         """
         if vr is None:
             try:
@@ -224,6 +262,10 @@ class _Reader:
         if vr != "SQ":
             raise NotHandledError("undefined length element that is not a sequence")
         after = self._items(value, self._implicit, depth=0)
+        encoding: str | MutableSequence[str] = default_encoding
+        charset = preceding.get(BaseTag(_SPECIFIC_CHARACTER_SET))
+        if charset is not None:  # as pydicom's data_element_generator finds it
+            encoding = convert_encodings(convert_string(charset.value or b"", True))
         self._stream.seek(self._origin + value)
         sequence = read_sequence(self._stream, self._implicit, True, _UNDEFINED_LENGTH, encoding)
         if self._stream.tell() != self._origin + after:

@@ -198,8 +198,6 @@ _SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
 _NUMBER_FORMATS.update({"UV": "Q", "SV": "q"})
-_FAST_VRS = _ASCII_STRING_VRS | _TEXT_VRS | _SINGLE_TEXT_VRS | _BINARY_VRS | set(_NUMBER_FORMATS)
-_FAST_VRS |= {"IS", "DS", "PN"}
 _INLINE_LIMIT = (BULK_DATA_THRESHOLD // 4) * 3  # pydicom's rule: base64 adds a third
 _SPECIFIC_CHARACTER_SET = 0x00080005
 
@@ -227,6 +225,44 @@ def _codec(dataset: Dataset, inherited: str) -> str:
     return codec
 
 
+# What the encoder does with each VR's raw value (an ``int`` per kind, dispatched in one loop).
+_ASCII, _TEXT, _SINGLE_TEXT, _BINARY, _NUMBER, _INTEGER_STRING, _DECIMAL_STRING, _PERSON_NAME = (
+    range(8)
+)
+_KINDS = {vr: _ASCII for vr in _ASCII_STRING_VRS}
+_KINDS.update({vr: _TEXT for vr in _TEXT_VRS})
+_KINDS.update({vr: _SINGLE_TEXT for vr in _SINGLE_TEXT_VRS})
+_KINDS.update({vr: _BINARY for vr in _BINARY_VRS})
+_KINDS.update({vr: _NUMBER for vr in _NUMBER_FORMATS})
+_KINDS.update({"IS": _INTEGER_STRING, "DS": _DECIMAL_STRING, "PN": _PERSON_NAME})
+_NUMBER_SIZES = {vr: struct.calcsize(code) for vr, code in _NUMBER_FORMATS.items()}
+_FLOAT_VRS = frozenset({"FL", "FD"})
+_MEMO_LIMIT = 1 << 16  # tags remembered (their text, their dictionary VR): bounded memory
+_TAG_TEXTS: dict[int, str] = {}
+_DICTIONARY_VRS: dict[int, str] = {}
+_FALLBACK_ERRORS = (_UnsupportedError, ValueError, UnicodeDecodeError, struct.error)
+
+
+def _tag_text(tag: int) -> str:
+    """The tag as 8 upper-case hex digits (PS3.18 §F.2.1.1), remembered."""
+    text = _TAG_TEXTS.get(tag)
+    if text is None:
+        text = f"{int(tag):08X}"
+        if len(_TAG_TEXTS) < _MEMO_LIMIT:
+            _TAG_TEXTS[tag] = text
+    return text
+
+
+def _implicit_vr(tag: int) -> str:
+    """:func:`_dictionary_vr`, remembered."""
+    vr = _DICTIONARY_VRS.get(tag)
+    if vr is None:
+        vr = _dictionary_vr(tag)
+        if len(_DICTIONARY_VRS) < _MEMO_LIMIT:
+            _DICTIONARY_VRS[tag] = vr
+    return vr
+
+
 class _FastEncoder:
     def __init__(self, base: str) -> None:
         self._base = base
@@ -234,62 +270,67 @@ class _FastEncoder:
     def dataset(self, dataset: Dataset, prefix: str, codec: str) -> DicomJson:
         document: DicomJson = {}
         for tag, element in dataset.items():
-            path = f"{prefix}{int(tag):08X}"
-            document[path[-8:]] = self._element(dataset, element, path, codec)
+            key = _TAG_TEXTS.get(tag) or _tag_text(tag)
+            vr = element.VR or _implicit_vr(tag)
+            value = element.value
+            kind = _KINDS.get(vr)
+            if kind is None or not (value is None or isinstance(value, bytes)):
+                if vr == "SQ":
+                    document[key] = self._sequence(dataset, tag, prefix + key, codec)
+                else:
+                    document[key] = self._pydicom_element(dataset, element, prefix + key)
+                continue
+            try:
+                document[key] = self._value(kind, vr, value or b"", codec, element, prefix, key)
+            except _FALLBACK_ERRORS:
+                document[key] = self._pydicom_element(dataset, element, prefix + key)
         return document
 
-    def _element(self, dataset: Dataset, element: Any, path: str, codec: str) -> DicomJson:
-        vr = element.VR or _dictionary_vr(element.tag)
-        value = element.value
-        if vr == "SQ":
-            sequence = dataset[element.tag].value  # parsed by pydicom (nested raw items)
-            items = [
-                self.dataset(item, f"{path}/{number}/", _codec(item, codec))
-                for number, item in enumerate(sequence)
-            ]
-            return {"vr": "SQ", "Value": items}
-        if vr not in _FAST_VRS or not isinstance(value, bytes | None):
-            return self._pydicom_element(dataset, element, path)
-        raw = value or b""
-        try:
-            values = self._values(vr, raw, codec, element.is_little_endian, path)
-        except (_UnsupportedError, ValueError, UnicodeDecodeError, struct.error):
-            return self._pydicom_element(dataset, element, path)
-        return values
+    def _sequence(self, dataset: Dataset, tag: int, path: str, codec: str) -> DicomJson:
+        sequence = dataset[tag].value  # parsed by pydicom (nested raw items)
+        items = [
+            self.dataset(item, f"{path}/{number}/", _codec(item, codec))
+            for number, item in enumerate(sequence)
+        ]
+        return {"vr": "SQ", "Value": items}
 
-    def _values(self, vr: str, raw: bytes, codec: str, little_endian: bool, path: str) -> DicomJson:
-        if vr in _BINARY_VRS:
+    def _value(
+        self, kind: int, vr: str, raw: bytes, codec: str, element: Any, prefix: str, key: str
+    ) -> DicomJson:
+        if kind == _BINARY:
             if not raw:
                 return {"vr": vr}
             if len(raw) > _INLINE_LIMIT:
-                return {"vr": vr, "BulkDataURI": self._base + path}
+                return {"vr": vr, "BulkDataURI": self._base + prefix + key}
             return {"vr": vr, "InlineBinary": base64.b64encode(raw).decode("ascii")}
-        if vr in _NUMBER_FORMATS:
-            code = _NUMBER_FORMATS[vr]
-            size = struct.calcsize(code)
+        if kind == _NUMBER:
+            size = _NUMBER_SIZES[vr]
             if len(raw) % size:
                 raise _UnsupportedError(vr)
-            numbers = struct.unpack(f"{'<' if little_endian else '>'}{len(raw) // size}{code}", raw)
-            if vr in ("FL", "FD"):
-                return {"vr": vr, "Value": [float(n) for n in numbers]} if numbers else {"vr": vr}
-            return {"vr": vr, "Value": list(numbers)} if numbers else {"vr": vr}
-        if vr in _SINGLE_TEXT_VRS:
+            if not raw:
+                return {"vr": vr}
+            order = "<" if element.is_little_endian else ">"
+            numbers = struct.unpack(f"{order}{len(raw) // size}{_NUMBER_FORMATS[vr]}", raw)
+            if vr in _FLOAT_VRS:
+                return {"vr": vr, "Value": [float(number) for number in numbers]}
+            return {"vr": vr, "Value": list(numbers)}
+        if kind == _SINGLE_TEXT:
             text = raw.decode(codec).rstrip(_PADDING)
             return {"vr": vr, "Value": [text]} if text else {"vr": vr}
-        if vr in _TEXT_VRS:
+        if kind == _TEXT:
             parts = [part.decode(codec).rstrip(_PADDING) for part in raw.split(b"\\")]
             return {"vr": vr, "Value": parts} if parts != [""] else {"vr": vr}
-        text = raw.decode("latin_1" if vr != "PN" else codec).rstrip(_PADDING)
+        text = raw.decode(codec if kind == _PERSON_NAME else "latin_1").rstrip(_PADDING)
         if not text:
             return {"vr": vr}
         parts = text.split("\\")
-        if vr in _ASCII_STRING_VRS:
+        if kind == _ASCII:
             return {"vr": vr, "Value": parts}
-        if vr == "IS":
+        if kind == _INTEGER_STRING:
             return {"vr": vr, "Value": [int(part) for part in parts]}
-        if vr == "DS":
+        if kind == _DECIMAL_STRING:
             return {"vr": vr, "Value": [float(part) for part in parts]}
-        if vr == "PN" and "=" not in text:
+        if "=" not in text:
             return {"vr": vr, "Value": [{"Alphabetic": part} for part in parts]}
         raise _UnsupportedError(vr)
 
