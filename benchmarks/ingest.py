@@ -1,23 +1,25 @@
 """C-STORE ingest benchmark: the box against Orthanc, same machine, same run, same client.
 
 Deterministic synthetic data (a 300-slice 512x512 CT, 2,000 small 64x64 instances) is sent by
-dcmtk ``storescu`` (``TCP_NODELAY=1``) with 1 and 2 parallel associations, to a fresh box
-(filesystem blob store + SQLite index, the embedded default, started in-process) and to a fresh
-Orthanc. Prints instances/s, MiB/s and the box/Orthanc ratio.
+dcmtk ``storescu`` (``TCP_NODELAY=1``) with 1 and 2 parallel associations to a fresh
+``drimbox serve`` (filesystem blob store + SQLite index, the embedded default) with one DIMSE
+process and with ``--dimse-processes 2``, and to a fresh Orthanc. Prints instances/s, MiB/s,
+the box/Orthanc ratio, and the box's peak resident memory (VmHWM of every box process) after
+each run, to show that memory stays flat whatever the data.
 
 Orthanc binds every interface, so run it in a private network namespace::
 
-    bash tools/in-netns.sh .venv/bin/python -m benchmarks.ingest [--quick]
+    bash tools/in-netns.sh .venv/bin/python -m benchmarks.ingest [--quick] [--repeat N]
 
-It takes a few minutes; ``--quick`` uses 60 CT slices and 400 small instances;
-``--processes N`` runs the box as ``drimbox serve --dimse-processes N`` instead of in-process.
+It takes a few minutes; ``--quick`` uses 60 CT slices and 400 small instances; ``--processes``
+chooses the box configurations (default ``1,2``); ``--repeat N`` runs everything N times,
+interleaved, and reports the median.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,13 +29,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from drimbox.audit import FileAuditLog
 from drimbox.dicom.synthetic import SyntheticStudy, write_study
-from drimbox.dimse import configure_pynetdicom
-from drimbox.dimse.scp import DimseServer
-from drimbox.index import open_index
-from drimbox.services.ingest import IngestService
-from drimbox.storage import FilesystemBlobStore
 from tests.fixtures.box import ServedBox, free_port
 from tests.fixtures.orthanc import start_orthanc
 
@@ -44,6 +40,7 @@ BOX_AET = "DRIMBOX"
 MIB = 1024 * 1024
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "drimbox-benchmark-data"
 PARALLEL_ASSOCIATIONS = (1, 2)
+KIB = 1024
 
 
 @dataclass(frozen=True)
@@ -69,6 +66,7 @@ class Measurement:
     seconds: float
     instances: int
     size: int
+    peak_rss_mib: float | None = None
 
     @property
     def instances_per_second(self) -> float:
@@ -131,35 +129,34 @@ def send(port: int, aet: str, corpus: Corpus, associations: int) -> float:
     return time.perf_counter() - start
 
 
-@contextmanager
-def box_target(directory: Path) -> Iterator[int]:
-    """A fresh box (filesystem + SQLite, file audit trail) listening on a free port."""
-    blobs = FilesystemBlobStore(directory / "blobs")
-    index = open_index(f"sqlite:///{directory / 'index.sqlite3'}")
-    audit = FileAuditLog(directory / "audit.jsonl")
-    ingest = IngestService(blobs, index, audit, max_instance_bytes=2 * 1024**3)
-    server = DimseServer(
-        ae_title=BOX_AET,
-        host="127.0.0.1",
-        port=0,
-        peers=(),
-        loopback_only=True,
-        ingest=ingest,
-        audit=audit,
-    )
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        index.close()
-        audit.close()
+def _peak_rss_mib(pid: int) -> float:
+    """Sum of VmHWM (peak resident set) of ``pid`` and its child processes, in MiB."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(child) for child in children.read_text().split()]
+    for number in pids:
+        for line in Path(f"/proc/{number}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total / KIB
 
 
-def served_box_target(processes: int) -> Callable[[Path], AbstractContextManager[int]]:
-    """A fresh ``drimbox serve --dimse-processes N`` (the product's own multi-process path)."""
+@dataclass
+class Target:
+    """Where a run sends: its AE title and, once started, its port and process."""
+
+    name: str
+    aet: str
+    start: Callable[[Path], AbstractContextManager[tuple[int, int | None]]]
+
+
+def served_box_target(processes: int) -> Target:
+    """A fresh ``drimbox serve --dimse-processes N``: the product as it is run."""
 
     @contextmanager
-    def target(directory: Path) -> Iterator[int]:
+    def start(directory: Path) -> Iterator[tuple[int, int | None]]:
         box = ServedBox(
             data_dir=directory / "data",
             dimse_port=free_port(),
@@ -170,42 +167,50 @@ def served_box_target(processes: int) -> Callable[[Path], AbstractContextManager
         )
         box.start()
         try:
-            yield box.dimse_port
+            yield box.dimse_port, box.process.pid if box.process else None
         finally:
             box.stop()
 
-    return target
+    name = "box" if processes == 1 else f"box {processes}p"
+    return Target(name, BOX_AET, start)
 
 
 @contextmanager
-def orthanc_target(directory: Path) -> Iterator[int]:
-    """A fresh Orthanc listening on a free DICOM port."""
+def _start_orthanc(directory: Path) -> Iterator[tuple[int, int | None]]:
     server = start_orthanc(directory)
     try:
-        yield server.dicom_port
+        yield server.dicom_port, None
     finally:
         server.stop()
 
 
-def measure(
-    corpora: list[Corpus],
-    work: Path,
-    targets: dict[str, tuple[str, Callable[[Path], AbstractContextManager[int]]]],
-) -> list[Measurement]:
+ORTHANC = Target("orthanc", "PACS", _start_orthanc)
+
+
+def measure(corpora: list[Corpus], work: Path, targets: list[Target]) -> list[Measurement]:
     """Run every (corpus, associations, target) combination once, each on a fresh target."""
     results = []
     for corpus in corpora:
         for associations in PARALLEL_ASSOCIATIONS:
-            for name, (aet, factory) in targets.items():
-                directory = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
-                with factory(directory) as port:
-                    seconds = send(port, aet, corpus, associations)
+            for target in targets:
+                directory = Path(tempfile.mkdtemp(prefix=f"{target.name[:3]}-", dir=work))
+                with target.start(directory) as (port, pid):
+                    seconds = send(port, target.aet, corpus, associations)
+                    peak = _peak_rss_mib(pid) if pid is not None else None
                 result = Measurement(
-                    corpus.name, associations, name, seconds, len(corpus.files), corpus.size
+                    corpus.name,
+                    associations,
+                    target.name,
+                    seconds,
+                    len(corpus.files),
+                    corpus.size,
+                    peak,
                 )
+                memory = f" peak RSS {peak:5.0f} MiB" if peak is not None else ""
                 print(
-                    f"{corpus.name:>18} x{associations} {name:>7}: "
-                    f"{result.instances_per_second:8.1f} inst/s {result.mib_per_second:7.1f} MiB/s",
+                    f"{corpus.name:>18} x{associations} {target.name:>7}: "
+                    f"{result.instances_per_second:8.1f} inst/s "
+                    f"{result.mib_per_second:7.1f} MiB/s{memory}",
                     file=sys.stderr,
                 )
                 results.append(result)
@@ -213,21 +218,34 @@ def measure(
 
 
 def table(results: list[Measurement]) -> str:
-    """Format the measurements as a Markdown table with the box/Orthanc ratio."""
-    lines = [
-        "| data | assoc. | box inst/s | box MiB/s | Orthanc inst/s | Orthanc MiB/s | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    keyed = {(r.corpus, r.associations, r.target): r for r in results}
+    """Format median measurements as a Markdown table with each box's ratio to Orthanc."""
+    boxes = list(dict.fromkeys(r.target for r in results if r.target != ORTHANC.name))
+    header = "| data | assoc. | Orthanc inst/s | " + " | ".join(
+        f"{box} inst/s | {box} MiB/s | {box} / Orthanc | {box} peak RSS MiB" for box in boxes
+    )
+    lines = [header + " |", "|---|---:|---:|" + "---:|" * (4 * len(boxes))]
+    grouped: dict[tuple[str, int, str], list[Measurement]] = {}
+    for r in results:
+        grouped.setdefault((r.corpus, r.associations, r.target), []).append(r)
+
+    def median(key: tuple[str, int, str]) -> Measurement:
+        runs = sorted(grouped[key], key=lambda r: r.instances_per_second)
+        return runs[len(runs) // 2]
+
     for corpus, associations in dict.fromkeys((r.corpus, r.associations) for r in results):
-        box = keyed[(corpus, associations, "box")]
-        pacs = keyed[(corpus, associations, "orthanc")]
-        ratio = box.instances_per_second / pacs.instances_per_second
-        lines.append(
-            f"| {corpus} | {associations} | {box.instances_per_second:.0f} | "
-            f"{box.mib_per_second:.1f} | {pacs.instances_per_second:.0f} | "
-            f"{pacs.mib_per_second:.1f} | {ratio:.2f} |"
-        )
+        pacs = median((corpus, associations, ORTHANC.name))
+        cells = [corpus, str(associations), f"{pacs.instances_per_second:.0f}"]
+        for box in boxes:
+            mine = median((corpus, associations, box))
+            ratio = mine.instances_per_second / pacs.instances_per_second
+            peak = f"{mine.peak_rss_mib:.0f}" if mine.peak_rss_mib is not None else "-"
+            cells += [
+                f"{mine.instances_per_second:.0f}",
+                f"{mine.mib_per_second:.1f}",
+                f"**{ratio:.2f}**",
+                peak,
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -238,33 +256,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where data is kept")
     parser.add_argument(
         "--processes",
-        type=int,
-        default=0,
-        help="run the box as `drimbox serve --dimse-processes N` (default: in-process, one "
-        "process, filesystem + SQLite)",
+        default="1,2",
+        help="box configurations: comma-separated `--dimse-processes` values (default 1,2)",
     )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of everything (median)")
     arguments = parser.parse_args(argv)
-    configure_pynetdicom()
     corpora = make_corpora(arguments.cache, quick=arguments.quick)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    targets = [served_box_target(int(n)) for n in arguments.processes.split(",")] + [ORTHANC]
+    results: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="drimbox-bench-", dir="/var/tmp") as work:
-        results = measure(
-            corpora,
-            Path(work),
-            {
-                "box": (
-                    BOX_AET,
-                    box_target
-                    if not arguments.processes
-                    else served_box_target(arguments.processes),
-                ),
-                "orthanc": ("PACS", orthanc_target),
-            },
-        )
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for _ in range(max(1, arguments.repeat)):
+            results += measure(corpora, Path(work), targets)
     print(table(results))
-    before, after = rss_before // 1024, rss_after // 1024
-    print(f"\nbox process peak RSS: {before} MiB before the runs, {after} MiB after")
     return 0
 
 
