@@ -158,8 +158,14 @@ def indexed_attribute_values(metadata: DicomJson) -> dict[str, str | None]:
         element = metadata.get(tag)
         if element is None:
             values[keyword] = None
+            continue
+        found = element.get("Value")
+        if not found:
+            values[keyword] = ""
+        elif len(found) == 1 and type(found[0]) is str:  # the common case, as _text gives it
+            values[keyword] = found[0]
         else:
-            values[keyword] = _VALUE_SEPARATOR.join(map(_text, element.get("Value", ())))
+            values[keyword] = _VALUE_SEPARATOR.join(map(_text, found))
     return values
 
 
@@ -247,7 +253,7 @@ def _tag_text(tag: int) -> str:
     """The tag as 8 upper-case hex digits (PS3.18 §F.2.1.1), remembered."""
     text = _TAG_TEXTS.get(tag)
     if text is None:
-        text = f"{int(tag):08X}"
+        text = f"{tag:08X}"
         if len(_TAG_TEXTS) < _MEMO_LIMIT:
             _TAG_TEXTS[tag] = text
     return text
@@ -270,8 +276,9 @@ class _FastEncoder:
     def dataset(self, dataset: Dataset, prefix: str, codec: str) -> DicomJson:
         document: DicomJson = {}
         for tag, element in dataset.items():
-            key = _TAG_TEXTS.get(tag) or _tag_text(tag)
-            vr = element.VR or _implicit_vr(tag)
+            number = int(tag)  # plain int keys: a BaseTag key compares in Python
+            key = _TAG_TEXTS.get(number) or _tag_text(number)
+            vr = element.VR or _DICTIONARY_VRS.get(number) or _implicit_vr(number)
             value = element.value
             kind = _KINDS.get(vr)
             if kind is None or not (value is None or isinstance(value, bytes)):

@@ -240,7 +240,7 @@ def read_data_set_header(
     InstanceTooLargeError
         A deflated data set that inflates beyond ``max_inflated_bytes``.
     """
-    syntax = UID(transfer_syntax_uid)
+    syntax = _KNOWN_SYNTAXES.get(transfer_syntax_uid) or _transfer_syntax(transfer_syntax_uid)
     if not syntax.is_transfer_syntax:
         raise UnreadableInstanceError(f"transfer syntax {transfer_syntax_uid!r} is not known")
     if syntax.is_deflated:
@@ -258,6 +258,17 @@ def read_data_set_header(
         if in_one_pass is not None:
             return in_one_pass
     return _read_header(stream, syntax, stream.tell())
+
+
+_KNOWN_SYNTAXES: dict[str, UID] = {}
+
+
+def _transfer_syntax(transfer_syntax_uid: str) -> UID:
+    """The UID (remembered when it is a known transfer syntax: a bounded set)."""
+    syntax = UID(transfer_syntax_uid)
+    if syntax.is_transfer_syntax:
+        _KNOWN_SYNTAXES[transfer_syntax_uid] = syntax
+    return syntax
 
 
 def _read_header_in_one_pass(stream: BinaryIO, syntax: UID) -> DataSetHeader | None:

@@ -50,7 +50,9 @@ def _rich_instance() -> Dataset:
     undefined.is_undefined_length = True
     ds.ReferencedImageSequence = undefined
     ds.ReferencedImageSequence[0].is_undefined_length_sequence_item = True
-    nested = Sequence([_item(ProcedureCodeSequence=Sequence([code]), CodeValue="X")])
+    nested = Sequence(
+        [_item(ProcedureCodeSequence=Sequence([code]), CodeValue="X", CodeMeaning="Région")]
+    )
     nested.is_undefined_length = True
     ds.RequestAttributesSequence = nested
     ds.add_new(0x00090010, "LO", "DRIMBOX TEST")  # private creator
@@ -91,7 +93,9 @@ def test_one_pass_reader_builds_the_same_data_set_as_the_generic_reader(syntax: 
     fast = read_data_set_header(io.BytesIO(data), syntax, max_inflated_bytes=LIMIT)
 
     _assert_same(fast, _generic(data, syntax))
-    assert fast.dataset.RequestAttributesSequence[0].ProcedureCodeSequence[0].CodeValue == "T-D3000"
+    requested = fast.dataset.RequestAttributesSequence[0]
+    assert requested.ProcedureCodeSequence[0].CodeValue == "T-D3000"
+    assert requested.CodeMeaning == "Région"  # decoded with the data set's character set
 
 
 def test_private_undefined_length_sequence_in_implicit_vr_is_read_as_a_sequence() -> None:
