@@ -30,6 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from registry._fhir import FHIR_JSON, BundleError, operation_outcome
 from registry._fhir_read import read_submission
@@ -71,6 +72,37 @@ class _RejectionError(Exception):
     def __init__(self, status: int, code: str, message: str, expression: str = "") -> None:
         super().__init__(message)
         self.status, self.code, self.expression = status, code, expression
+
+
+def route_path(scope: Scope) -> str:
+    """Return the request path below the app's mount point (Starlette's ``get_route_path``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path != root and path[len(root)] == "/":
+        return path[len(root) :]
+    return "" if root and path == root else path
+
+
+class _RegistryApp(FastAPI):
+    """The registry's FastAPI app, whose ITI-65 publish is served as plain ASGI.
+
+    ``POST /`` is the hot path: routed here, it skips Starlette's middleware stack, FastAPI's
+    router, dependency solving and endpoint wrappers (≈ 0.2 ms of CPU per publish); every other
+    request goes through FastAPI as usual.
+    """
+
+    publish_route: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.publish_route is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and route_path(scope) == "/"
+        ):
+            await self.publish_route(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def _fhir(body: dict[str, Any], status: int = 200) -> Response:
@@ -139,7 +171,9 @@ def create_registry_app(
         store.close()
         audit.close()
 
-    app = FastAPI(title="drimbox national registry (IHE MHD)", lifespan=lifespan, openapi_url=None)
+    app = _RegistryApp(
+        title="drimbox national registry (IHE MHD)", lifespan=lifespan, openapi_url=None
+    )
     app.state.registry_store = store
     app.state.registry_audit = audit
 
@@ -181,8 +215,12 @@ def create_registry_app(
     async def metadata(request: Request) -> Response:
         return _fhir(capability_statement(_base_url(request)))
 
-    @app.post("/")
-    async def provide_document_bundle(request: Request) -> Response:
+    async def provide_document_bundle(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        response = await publish(request)
+        await response(scope, receive, send)
+
+    async def publish(request: Request) -> Response:
         declared = request.headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > MAX_BUNDLE_BYTES:
             return _outcome(413, "too-long", f"Bundle larger than {MAX_BUNDLE_BYTES} bytes")
@@ -223,6 +261,8 @@ def create_registry_app(
             return _fhir(transaction_response(entry, created=created, order=order))
 
         return await guarded(request, "ITI-65", work, render)
+
+    app.publish_route = provide_document_bundle
 
     @app.get("/DocumentReference")
     async def find_document_references(request: Request) -> Response:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.supervisors import Multiprocess
 
-from registry.service.app import create_registry_app
+from registry.service.app import create_registry_app, route_path
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -34,13 +35,40 @@ _ENV_PRODUCTION = "DRIMBOX_REGISTRY_PRODUCTION"
 _ENV_AUDIT = "DRIMBOX_REGISTRY_AUDIT"
 
 
+class _StandaloneRoot(FastAPI):
+    """HTTP root whose requests under :data:`REGISTRY_PATH` go straight to the registry app.
+
+    The same scope as Starlette's ``Mount`` gives, without the root's middleware stack and
+    router on every request; anything else (lifespan, other paths) is the root's own.
+    """
+
+    registry: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.registry is not None
+            and scope["type"] == "http"
+            and route_path(scope).startswith(REGISTRY_PATH + "/")
+        ):
+            root = scope.get("root_path", "")
+            child = {
+                **scope,
+                "app_root_path": scope.get("app_root_path", root),
+                "root_path": root + REGISTRY_PATH,
+            }
+            await self.registry(child, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_standalone_app(
     database_url: str, *, production: bool = False, audit_path: Path | None = None
 ) -> FastAPI:
     """Return an HTTP root app with the registry mounted at :data:`REGISTRY_PATH`."""
     registry = create_registry_app(database_url, production=production, audit_path=audit_path)
-    root = FastAPI(openapi_url=None, lifespan=registry.router.lifespan_context)
+    root = _StandaloneRoot(openapi_url=None, lifespan=registry.router.lifespan_context)
     root.mount(REGISTRY_PATH, registry)
+    root.registry = registry
     root.state.registry_store = registry.state.registry_store
     return root
 
