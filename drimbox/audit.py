@@ -54,6 +54,7 @@ class FileAuditLog:
         self._lock = threading.Lock()  # the open file, append order and the cached hash
         self._sync_lock = threading.Lock()  # the file stays open while it is synced
         self._fd: int | None = None
+        self._inode = -1  # of the file ``_fd`` is open on
         self._pid = os.getpid()  # the process that opened ``_fd``
         self._end = -1  # file size after our last append (-1: unknown)
         self._last = _GENESIS
@@ -66,7 +67,8 @@ class FileAuditLog:
         try:
             with self._lock:
                 self._append(self._open(), event, outcome, fields)
-                self._dirty.set()
+                if not self._dirty.is_set():  # set() takes the event's condition lock
+                    self._dirty.set()
                 self._start_flusher()
         except OSError as error:
             _log.error("audit.write_failed event=%s error=%s", event, error.strerror)
@@ -113,10 +115,11 @@ class FileAuditLog:
                 current = os.stat(self._path).st_ino
             except FileNotFoundError:
                 current = -1
-            if current == os.fstat(self._fd).st_ino:
+            if current == self._inode:
                 return self._fd
             self._release()  # rotated away: finish the old file, start the new one
         self._fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        self._inode = os.fstat(self._fd).st_ino  # an open file keeps its inode
         self._pid = os.getpid()
         self._end = -1
         return self._fd
