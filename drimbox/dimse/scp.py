@@ -425,7 +425,6 @@ class DimseServer:
             )
         else:
             return True
-        _send_quietly(sock, encode_associate_reject(result, source, reason))
         _log.warning(
             "dimse.association_rejected calling_aet=%s called_aet=%s address=%s reason=%s",
             request.calling_ae_title,
@@ -441,6 +440,7 @@ class DimseServer:
             address=address,
             reason=why,
         )
+        _send_quietly(sock, encode_associate_reject(result, source, reason))  # after the audit
         return False
 
     def _over_limit(self) -> bool:
