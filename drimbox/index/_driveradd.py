@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from drimbox.index._sqladd import POSTGRESQL, add_statements, finish_add, run_add
+from drimbox.index._sqladd import POSTGRESQL, Statement, add_statements, finish_add, run_add
 
 __all__ = ["CONNECTION_ATTEMPTS", "SQLITE_BEGIN_WRITE", "DriverAdd"]
 
@@ -121,8 +121,8 @@ class DriverAdd:
         cursor = connection.cursor()
         try:
 
-            def execute(statement: str, parameters: dict[str, Any]) -> Sequence[Any] | None:
-                cursor.execute(statement, parameters)
+            def execute(statement: Statement, parameters: dict[str, Any]) -> Sequence[Any] | None:
+                cursor.execute(statement.text, statement.parameters(parameters))
                 row: Sequence[Any] | None = cursor.fetchone()
                 return row
 
@@ -133,9 +133,11 @@ class DriverAdd:
 
     def _statements_pipelined(self, connection: Any, values: dict[str, Any]) -> None:
         statements = self._statements
+        combined = statements.combined
+        assert combined is not None
         cursor = connection.cursor()
         with connection.pipeline():  # BEGIN and the statement in one round trip
-            cursor.execute(statements.combined, values, prepare=True)
+            cursor.execute(combined.text, values, prepare=True)
         row = cursor.fetchone()
         rejected, inserted = row[0], row[-1]
         rows = (
@@ -146,8 +148,8 @@ class DriverAdd:
             None if inserted is None else (inserted,),
         )
 
-        def execute(statement: str, parameters: dict[str, Any]) -> Sequence[Any] | None:
-            cursor.execute(statement, parameters)
+        def execute(statement: Statement, parameters: dict[str, Any]) -> Sequence[Any] | None:
+            cursor.execute(statement.text, parameters)
             result: Sequence[Any] | None = cursor.fetchone() if cursor.description else None
             return result
 

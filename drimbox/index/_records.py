@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -101,11 +102,19 @@ def metadata_text(record: InstanceRecord) -> str:
     return encoded.decode()
 
 
+_NAME_FORMS_CACHED = 1024
+"""Person names whose stored forms are kept (ingest sees the same names again and again)."""
 _LEVELS = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
 _KEYWORDS = tuple(keyword for level in _LEVELS for keyword in INDEXED_ATTRIBUTES[level])
 _PERSON_NAMES = tuple(keyword for keyword in _KEYWORDS if keyword in PERSON_NAME_ATTRIBUTES)
 if len(set(_KEYWORDS)) != len(_KEYWORDS):  # pragma: no cover - a schema invariant
     raise AssertionError("an indexed attribute is kept at two levels")
+
+
+@lru_cache(maxsize=_NAME_FORMS_CACHED)
+def _name_forms(name: str | None) -> tuple[str | None, str | None]:
+    """The case-folded and fuzzy forms of a person name (the same for a study's instances)."""
+    return case_folded(name), fuzzy_key(name)
 
 
 def flat_values(record: InstanceRecord) -> dict[str, Any]:
@@ -118,9 +127,9 @@ def flat_values(record: InstanceRecord) -> dict[str, Any]:
     attributes = record.attributes
     values: dict[str, Any] = {keyword: attributes.get(keyword) or None for keyword in _KEYWORDS}
     for keyword in _PERSON_NAMES:
-        name = values[keyword]
-        values[keyword + CASE_FOLDED_SUFFIX] = case_folded(name)
-        values[keyword + FUZZY_SUFFIX] = fuzzy_key(name)
+        values[keyword + CASE_FOLDED_SUFFIX], values[keyword + FUZZY_SUFFIX] = _name_forms(
+            values[keyword]
+        )
     blob = record.blob
     values.update(
         PatientID=values["PatientID"] or NOT_ISSUED,

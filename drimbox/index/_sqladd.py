@@ -27,9 +27,10 @@ The results then decide: duplicate or rejected (roll back), series or study unde
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,7 +39,7 @@ from drimbox.index._records import list_with
 from drimbox.index._schema import instances, patients, rejected_instances, series, studies
 from drimbox.index._sqlwrite import DuplicateInstanceError, ReparentError
 
-__all__ = ["POSTGRESQL", "AddStatements", "add_statements", "finish_add", "run_add"]
+__all__ = ["POSTGRESQL", "AddStatements", "Statement", "add_statements", "finish_add", "run_add"]
 
 POSTGRESQL = "postgresql"
 
@@ -63,23 +64,56 @@ _MANAGED_COLUMNS = frozenset(
 )
 """Columns the add sets itself (keys, counters, study lists, stability), not from parameters."""
 
-Execute = Callable[[str, dict[str, Any]], Sequence[Any] | None]
+_NAMED_PARAMETER = re.compile(r":(\w+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """SQL text and how to pass it the flat parameters.
+
+    Attributes
+    ----------
+    text
+        The SQL, with ``%(name)s`` parameters (PostgreSQL) or ``?`` (SQLite).
+    names
+        SQLite: the name of each ``?`` in order (positional binding is the fastest);
+        ``None``: the text takes the parameters by name.
+    """
+
+    text: str
+    names: tuple[str, ...] | None = None
+
+    def parameters(self, values: dict[str, Any]) -> dict[str, Any] | tuple[Any, ...]:
+        """Return the driver parameters of this statement from the flat ``values``."""
+        if self.names is None:
+            return values
+        return tuple([values[name] for name in self.names])
+
+
+def _statement(dialect: str, text: str) -> Statement:
+    if dialect == POSTGRESQL:
+        return Statement(text)
+    names = tuple(_NAMED_PARAMETER.findall(text))
+    return Statement(_NAMED_PARAMETER.sub("?", text), names)
+
+
+Execute = Callable[[Statement, dict[str, Any]], Sequence[Any] | None]
 """Run one statement with the flat parameters; return its first row (or ``None``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class AddStatements:
-    """SQL text of the add transaction for one dialect (named parameters of its driver)."""
+    """The add transaction's statements for one dialect."""
 
-    rejected: str
-    patient: str
-    study: str
-    series: str
-    instance: str
-    combined: str | None
-    study_lists: str
-    patient_counts: str
-    parents_of_study: str
+    rejected: Statement
+    patient: Statement
+    study: Statement
+    series: Statement
+    instance: Statement
+    combined: Statement | None
+    study_lists: Statement
+    patient_counts: Statement
+    parents_of_study: Statement
 
 
 def _quoted(name: str) -> str:
@@ -98,7 +132,7 @@ class _Sql:
         self.latest = "greatest" if dialect == POSTGRESQL else "max"
 
     def parameter(self, name: str) -> str:
-        return f"%({name})s" if self.pyformat else f":{name}"
+        return f"%({name})s" if self.pyformat else f":{name}"  # SQLite: then made positional
 
     def upsert(
         self,
@@ -229,25 +263,26 @@ def add_statements(dialect: str) -> AddStatements:
         sql.key_of(studies, "StudyInstanceUID"),
         sql.key_of(series, "SeriesInstanceUID"),
     )
+    statement = partial(_statement, dialect)
     return AddStatements(
-        rejected=rejected,
-        patient=patient,
-        study=study,
-        series=series_upsert,
-        instance=instance,
-        combined=_combined(sql, rejected) if dialect == POSTGRESQL else None,
-        study_lists=(
+        rejected=statement(rejected),
+        patient=statement(patient),
+        study=statement(study),
+        series=statement(series_upsert),
+        instance=statement(instance),
+        combined=statement(_combined(sql, rejected)) if dialect == POSTGRESQL else None,
+        study_lists=statement(
             "UPDATE studies SET number_of_series = number_of_series + "
             f"{parameter('new_series')}, modalities_in_study = {parameter('modalities')}, "
             f"sop_classes_in_study = {parameter('sop_classes')} "
             f"WHERE id = {parameter('study_pk')}"
         ),
-        patient_counts=(
+        patient_counts=statement(
             f"UPDATE patients SET number_of_series = number_of_series + "
             f"{parameter('new_series')}, number_of_studies = number_of_studies + "
             f"{parameter('new_study')} WHERE id = {parameter('patient_pk')}"
         ),
-        parents_of_study=(
+        parents_of_study=statement(
             'SELECT studies."StudyInstanceUID", patients."PatientID", '
             'patients."IssuerOfPatientID" FROM studies JOIN patients '
             f"ON studies.patient_pk = patients.id WHERE studies.id = {parameter('study_pk')}"
