@@ -36,6 +36,7 @@ from pathlib import Path
 
 from drimbox.errors import BlobNotFoundError, StorageFullError, StorageUnavailableError
 from drimbox.model import StoredBlob
+from drimbox.storage._digest import sha256_in_background
 from drimbox.storage.keys import FAN_OUT_DEPTH, FAN_OUT_WIDTH, fan_out, is_valid_key, new_key
 
 __all__ = ["DEFAULT_STALE_AFTER_SECONDS", "FilesystemBlobStore"]
@@ -248,7 +249,12 @@ class FilesystemBlobStore:
         return StoredBlob(key=key, size=size, sha256=digest.hexdigest())
 
     def _put_buffers(self, buffers: Sequence[bytes]) -> StoredBlob:
-        """Write content held in memory directly at its final path (see the module docstring)."""
+        """Write content held in memory directly at its final path (see the module docstring).
+
+        The SHA-256 of a large object is computed by another thread while this one writes and
+        syncs (both release the GIL): the digest costs no time then.
+        """
+        digest = sha256_in_background(buffers)
         key = new_key()
         final = self._path(key)
         with _translated("put"):
@@ -270,10 +276,7 @@ class FilesystemBlobStore:
             with contextlib.suppress(OSError):
                 final.unlink()
             raise
-        digest = hashlib.sha256()
-        for buffer in buffers:
-            digest.update(buffer)
-        return StoredBlob(key=key, size=size, sha256=digest.hexdigest())
+        return StoredBlob(key=key, size=size, sha256=digest.result())
 
     def _open_temporary(self, key: str) -> tuple[int, Path]:
         temporary = self._tmp / f"{key}{TEMPORARY_SUFFIX}"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from drimbox.errors import StorageFullError
 from drimbox.storage import FilesystemBlobStore
+from drimbox.storage._digest import BACKGROUND_HASH_BYTES
 from tests.integration.test_storage_failures import (  # noqa: F401  (fixtures)
     few_inodes_filesystem,
     small_filesystem,
@@ -78,3 +80,30 @@ def test_no_inode_left_fails_the_put_and_keeps_only_whole_objects(
 
     held = list(store.keys())
     assert all(store.size(key) == 1024 for key in held)
+
+
+def test_large_content_is_hashed_while_written_and_the_digest_is_exact(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    buffers = (b"meta" * 33, os.urandom(BACKGROUND_HASH_BYTES * 4))
+
+    blobs = [store.put(buffers) for _ in range(3)]
+
+    expected = hashlib.sha256(b"".join(buffers)).hexdigest()
+    assert {blob.sha256 for blob in blobs} == {expected}
+    assert all(b"".join(store.stream(blob.key)) == b"".join(buffers) for blob in blobs)
+
+
+def test_a_forked_process_hashes_large_content_on_its_own_threads(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path)
+    content = [os.urandom(BACKGROUND_HASH_BYTES * 2)]
+    store.put(content)  # the parent's hashing threads now exist
+    expected = hashlib.sha256(content[0]).hexdigest()
+
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child process
+        signal.alarm(10)  # a hang (threads of the parent) kills the child: the test fails
+        os._exit(0 if store.put(content).sha256 == expected else 1)
+    _, status = os.waitpid(child, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(list(store.keys())) == 2
