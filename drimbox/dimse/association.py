@@ -73,8 +73,8 @@ class _Spool:
     """A data set being received: bytes in memory, moved to a temporary file past a size."""
 
     def __init__(self, limit: int) -> None:
-        self.size = 0
         self.limit = limit
+        self.size = 0
         self._memory: io.BytesIO | None = io.BytesIO()
         self._stream: BinaryIO = self._memory
 
@@ -83,10 +83,11 @@ class _Spool:
         return self.size > self.limit
 
     def write(self, fragment: memoryview) -> None:
+        kept = not self.too_large
         self.size += len(fragment)
         if self.too_large:  # drained, not kept: the data set is refused
-            if self.size - len(fragment) <= self.limit:
-                self.close()
+            if kept:
+                self._replace_stream()
             return
         if self._memory is not None and self.size > SPOOL_MEMORY_BYTES:
             spilled = tempfile.TemporaryFile(prefix="drimbox-c-store-")  # noqa: SIM115
@@ -99,7 +100,12 @@ class _Spool:
         self._stream.seek(0)
         return self._stream
 
-    def close(self) -> None:
+    def reset(self) -> None:
+        """Forget the data set (its temporary file is deleted): ready for the next one."""
+        self._replace_stream()
+        self.size = 0
+
+    def _replace_stream(self) -> None:
         self._stream.close()
         self._memory = io.BytesIO()
         self._stream = self._memory
@@ -166,7 +172,7 @@ class Association:
         except OSError as error:
             _log.info("dimse.association_lost source=%s error=%s", self._source, error)
         finally:
-            self._spool.close()
+            self._spool.reset()
             self._close()
 
     def _serve(self) -> None:
@@ -244,7 +250,7 @@ class Association:
             try:
                 self._on_message(context_id, command)
             finally:
-                self._spool.close()
+                self._spool.reset()
 
     def _on_message(self, context_id: int, command: Command) -> None:
         context = self._contexts[context_id]

@@ -19,7 +19,7 @@ from drimbox.services.ingest import IngestService
 from drimbox.storage import FilesystemBlobStore
 from tests.dimse._support import BOX_AET, BoxNode
 
-_CONFIG_NAMES = ("LOG_HANDLER_LEVEL",)
+_CONFIG_NAMES = ("STORE_SEND_CHUNKED_DATASET", "LOG_HANDLER_LEVEL")
 
 
 @pytest.fixture(autouse=True)

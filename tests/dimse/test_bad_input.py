@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from drimbox.dicom.synthetic import SyntheticStudy, make_instance
 from drimbox.dimse.status import StorageStatus
 from drimbox.errors import FailureReason
-from tests.dimse._support import BoxNode, pynetdicom_store, status_of
+from tests.dimse._support import BoxNode, data_set_bytes, pynetdicom_store, status_of
 from tests.dimse.conftest import BoxNodeFactory
 
 _PLACEHOLDER = "1.2.3.4.5.6.7.8.9.123456789"
@@ -155,6 +155,28 @@ def test_oversized_data_set_is_refused_as_out_of_resources(
     assert status_of(response) == StorageStatus.OUT_OF_RESOURCES
     assert "limit" in str(response.ErrorComment)
     _assert_nothing_stored(node)
+
+
+@pytest.mark.integration
+def test_the_size_limit_applies_to_each_instance_of_an_association(
+    box_node_factory: BoxNodeFactory, tmp_path: Path
+) -> None:
+    files = [
+        _write(make_instance(SyntheticStudy(seed="limit"), 0, n), tmp_path / f"{n}.dcm")
+        for n in range(3)
+    ]
+    oversized = _instance("oversized")
+    oversized.PixelData = bytes(2 * len(oversized.PixelData))
+    oversized.Rows = 2 * oversized.Rows
+    largest = max(len(data_set_bytes(path)) for path in files)
+    node = box_node_factory(max_instance_bytes=largest + 64)
+
+    responses = pynetdicom_store(
+        node.port, [files[0], _write(oversized, tmp_path / "big.dcm"), files[1], files[2]]
+    )
+
+    assert [status_of(r) for r in responses] == [0, StorageStatus.OUT_OF_RESOURCES, 0, 0]
+    assert node.index.statistics().instances == 3
 
 
 @pytest.mark.integration
