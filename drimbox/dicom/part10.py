@@ -66,7 +66,7 @@ _LONG_VRS = frozenset(
 _MAX_NESTING = 64
 _PIXEL_DATA_TAG = BaseTag(0x7FE00010)
 _INFLATE_IN_MEMORY_BYTES = 16 << 20  # larger inflated data sets spill to a temporary file
-_ONE_PASS_MAX_BYTES = 16 << 20  # larger data sets (not in memory already) are read as streams
+_ONE_PASS_MAX_BYTES = 8 << 20  # larger data sets (not in memory already) are read as streams
 
 
 @dataclass(frozen=True, slots=True)

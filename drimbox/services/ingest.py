@@ -63,7 +63,7 @@ _log = logging.getLogger("drimbox.ingest")
 
 _CHUNK_SIZE = 1 << 20
 _SPOOL_MAX_MEMORY = 8 << 20
-_IN_MEMORY_MAX_BYTES = 16 << 20  # larger streams are parsed and written in chunks
+_IN_MEMORY_MAX_BYTES = _SPOOL_MAX_MEMORY  # larger streams not in memory: parsed, written in chunks
 _NUMBER_OF_FRAMES = BaseTag(0x00280008)
 
 
