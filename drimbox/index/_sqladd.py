@@ -8,7 +8,8 @@ built once per dialect from the table metadata, with one flat dictionary of name
 
 Statements, in lock order (patient, study, series, instance):
 
-1. is the SOP Instance UID rejected (IOCM tombstone)?
+1. is the SOP Instance UID held already, or rejected (IOCM tombstone)? (SQLite stops there:
+   a duplicate writes nothing);
 2. upsert the patient, 3. the study, 4. the series: count the instance, fill attributes still
    empty (the first non-empty value wins); each parent key is found by its unique key, so the
    statements do not depend on one another's results and are sent together (PostgreSQL
@@ -105,7 +106,7 @@ Execute = Callable[[Statement, dict[str, Any]], Sequence[Any] | None]
 class AddStatements:
     """The add transaction's statements for one dialect."""
 
-    rejected: Statement
+    held_or_rejected: Statement
     patient: Statement
     study: Statement
     series: Statement
@@ -229,7 +230,7 @@ _STUDY_RETURNING = (
 _SERIES_RETURNING = ("id", "number_of_instances", "study_pk", "Modality")
 
 
-def _combined(sql: _Sql, rejected: str) -> str:
+def _combined(sql: _Sql, held_or_rejected: str) -> str:
     """PostgreSQL: the five statements as one, parents passed on by data-modifying CTEs.
 
     Each CTE reads the row its predecessor returned, so the rows are still locked top-down.
@@ -244,7 +245,7 @@ def _combined(sql: _Sql, rejected: str) -> str:
     ]
     return (
         f"WITH p AS ({patient}), s AS ({study}), se AS ({series_upsert}), i AS ({instance}) "
-        f"SELECT ({rejected}), {', '.join(columns)}, (SELECT id FROM i) FROM p, s, se"
+        f"SELECT ({held_or_rejected}), {', '.join(columns)}, (SELECT id FROM i) FROM p, s, se"
     )
 
 
@@ -253,9 +254,10 @@ def add_statements(dialect: str) -> AddStatements:
     """Return the add transaction's SQL for ``dialect`` (``sqlite`` or ``postgresql``)."""
     sql = _Sql(dialect)
     parameter = sql.parameter
-    rejected = (
-        f"SELECT 1 FROM {rejected_instances.name} "
-        f'WHERE "SOPInstanceUID" = {parameter("SOPInstanceUID")}'
+    held_or_rejected = "SELECT 1 WHERE " + " OR ".join(
+        f"EXISTS (SELECT 1 FROM {table.name} "
+        f'WHERE "SOPInstanceUID" = {parameter("SOPInstanceUID")})'
+        for table in (instances, rejected_instances)
     )
     patient, study, series_upsert, instance = _hierarchy(
         sql,
@@ -265,12 +267,12 @@ def add_statements(dialect: str) -> AddStatements:
     )
     statement = partial(_statement, dialect)
     return AddStatements(
-        rejected=statement(rejected),
+        held_or_rejected=statement(held_or_rejected),
         patient=statement(patient),
         study=statement(study),
         series=statement(series_upsert),
         instance=statement(instance),
-        combined=statement(_combined(sql, rejected)) if dialect == POSTGRESQL else None,
+        combined=statement(_combined(sql, held_or_rejected)) if dialect == POSTGRESQL else None,
         study_lists=statement(
             "UPDATE studies SET number_of_series = number_of_series + "
             f"{parameter('new_series')}, modalities_in_study = {parameter('modalities')}, "
@@ -310,7 +312,8 @@ def finish_add(
     values
         The flat parameters of the add.
     rows
-        First row of each of the five statements (rejected, patient, study, series, instance).
+        First row of each of the five statements (held or rejected, patient, study, series,
+        instance).
 
     Raises
     ------
@@ -319,8 +322,8 @@ def finish_add(
     ReparentError
         The series or study is indexed under other parents (the caller rolls back).
     """
-    rejected, patient, study, series_row, inserted = rows
-    if rejected is not None or inserted is None:
+    held_or_rejected, patient, study, series_row, inserted = rows
+    if held_or_rejected is not None or inserted is None:
         raise DuplicateInstanceError(values["SOPInstanceUID"])
     assert patient is not None and study is not None and series_row is not None
     patient_pk, patient_count = patient
@@ -360,14 +363,18 @@ def _reparent(statements: AddStatements, execute: Execute, study_pk: int) -> Rep
 
 def run_add(statements: AddStatements, execute: Execute, values: dict[str, Any]) -> None:
     """Run the add transaction statement by statement (a driver without pipelining)."""
+    if execute(statements.held_or_rejected, values) is not None:
+        raise DuplicateInstanceError(values["SOPInstanceUID"])
     rows = [
-        execute(statement, values)
-        for statement in (
-            statements.rejected,
-            statements.patient,
-            statements.study,
-            statements.series,
-            statements.instance,
-        )
+        None,
+        *(
+            execute(statement, values)
+            for statement in (
+                statements.patient,
+                statements.study,
+                statements.series,
+                statements.instance,
+            )
+        ),
     ]
     finish_add(statements, execute, values, rows)
