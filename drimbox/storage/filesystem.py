@@ -11,7 +11,8 @@ while it streams, then ``fsync(file)``, ``rename`` into place and ``fsync(direct
 
 A put of content already in memory (a list or tuple of buffers: what ingest hands over) creates
 the object directly at its final path with ``O_EXCL`` and writes it with one ``writev``, then
-``fsync(file)`` and ``fsync(directory)``: no rename, no temporary directory entry. The key is
+``fsync(file)`` and ``fsync(directory)`` run concurrently (:mod:`drimbox.storage._background`)
+and both are waited for: no rename, no temporary directory entry. The key is
 fresh and random, so nothing names the object until the caller records its key (the index
 commit that makes an instance visible, DESIGN §4); on failure the file is removed before the
 error propagates. A crash before the caller records the key leaves an object nobody references
@@ -36,7 +37,11 @@ from pathlib import Path
 
 from drimbox.errors import BlobNotFoundError, StorageFullError, StorageUnavailableError
 from drimbox.model import StoredBlob
-from drimbox.storage._digest import sha256_in_background
+from drimbox.storage._background import (
+    fsync_directory,
+    fsync_directory_in_background,
+    sha256_in_background,
+)
 from drimbox.storage.keys import FAN_OUT_DEPTH, FAN_OUT_WIDTH, fan_out, is_valid_key, new_key
 
 __all__ = ["DEFAULT_STALE_AFTER_SECONDS", "FilesystemBlobStore"]
@@ -84,15 +89,6 @@ def _translated(action: str, *, lookup: bool = False) -> Iterator[None]:
         if exc.errno in _NO_SPACE_ERRNOS:
             raise StorageFullError(f"{action}: no space left on the blob store") from exc
         raise StorageUnavailableError(f"{action}: {exc.strerror or exc}") from exc
-
-
-def _fsync_directory(path: Path) -> None:
-    """Make a directory's entries (a rename, a new subdirectory) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_buffers(fd: int, buffers: Sequence[bytes]) -> int:
@@ -189,7 +185,7 @@ class FilesystemBlobStore:
                 directory.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
                 created = True
         if created:
-            _fsync_directory(self._root)
+            fsync_directory(self._root)
 
     @property
     def root(self) -> Path:
@@ -238,7 +234,7 @@ class FilesystemBlobStore:
                 self._make_parents(final.parent)
                 os.rename(temporary, final)
                 visible = final
-                _fsync_directory(final.parent)
+                fsync_directory(final.parent)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
@@ -266,10 +262,13 @@ class FilesystemBlobStore:
         try:
             with _translated("put"):
                 size = _write_buffers(fd, buffers)
-                os.fsync(fd)
+                directory_synced = fsync_directory_in_background(final.parent)
+                try:
+                    os.fsync(fd)
+                finally:
+                    directory_synced.result()  # waited for even when the file's sync failed
                 written, fd = fd, -1
                 os.close(written)
-                _fsync_directory(final.parent)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
@@ -294,7 +293,7 @@ class FilesystemBlobStore:
                 current = current.parent
             for path in reversed(missing):
                 path.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
-                _fsync_directory(path.parent)
+                fsync_directory(path.parent)
 
     def stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Yield the object's bytes in chunks of at most ``chunk_size``.

@@ -11,7 +11,7 @@ import pytest
 
 from drimbox.errors import StorageFullError
 from drimbox.storage import FilesystemBlobStore
-from drimbox.storage._digest import BACKGROUND_HASH_BYTES
+from drimbox.storage._background import BACKGROUND_HASH_BYTES
 from tests.integration.test_storage_failures import (  # noqa: F401  (fixtures)
     few_inodes_filesystem,
     small_filesystem,

@@ -1,0 +1,98 @@
+"""Work a put does on helper threads while the storing thread writes and syncs.
+
+- The SHA-256 of large content: hashing 512 KiB (a CT slice) takes a few hundred
+  microseconds; ``hashlib`` releases the GIL while it hashes, as ``os.writev`` and ``os.fsync``
+  do while they wait, so the digest computed on another thread costs no time.
+- The ``fsync`` of the object's directory, concurrent with the ``fsync`` of the object: each
+  call makes its own inode durable when it returns, whatever runs meanwhile, and the put
+  returns only after both; run together, the filesystem can serve both with one journal
+  commit and one cache flush (ext4: about a fifth less time per put than one after the other).
+
+The threads belong to the process that started them: a forked child starts its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+__all__ = [
+    "BACKGROUND_HASH_BYTES",
+    "Digest",
+    "fsync_directory",
+    "fsync_directory_in_background",
+    "sha256_in_background",
+    "sha256_of",
+]
+
+BACKGROUND_HASH_BYTES = 128 * 1024
+"""Content from this size on is hashed on the hashing threads; smaller content right away."""
+
+_THREADS = 4  # per process: a hash and a directory sync per put in progress
+
+
+def sha256_of(buffers: Sequence[bytes]) -> str:
+    """Return the SHA-256 (hex) of the buffers' concatenation."""
+    digest = hashlib.sha256()
+    for buffer in buffers:
+        digest.update(buffer)
+    return digest.hexdigest()
+
+
+class Digest:
+    """A SHA-256 computed now (small content) or by the hashing thread (large content)."""
+
+    def __init__(self, value: str | None, pending: Future[str] | None) -> None:
+        self._value = value
+        self._pending = pending
+
+    def result(self) -> str:
+        """Return the digest (hex), waiting for the hashing thread if need be."""
+        if self._pending is not None:
+            return self._pending.result()
+        assert self._value is not None
+        return self._value
+
+
+_POOL_LOCK = threading.Lock()
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (the process that started it, it)
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The helper threads of this process (started on first use, again after a fork)."""
+    global _POOL  # one pool per process
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            executor = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="drimbox-blob")
+            _POOL = (os.getpid(), executor)
+        return _POOL[1]
+
+
+def sha256_in_background(buffers: Sequence[bytes]) -> Digest:
+    """Hash large content on a helper thread; small content right away.
+
+    Raises
+    ------
+    TypeError
+        A buffer is not a bytes-like object.
+    """
+    if sum(memoryview(buffer).nbytes for buffer in buffers) < BACKGROUND_HASH_BYTES:
+        return Digest(sha256_of(buffers), None)
+    return Digest(None, _pool().submit(sha256_of, buffers))
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Make a directory's entries (a new file, a rename, a new subdirectory) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory_in_background(path: str | os.PathLike[str]) -> Future[None]:
+    """Start :func:`fsync_directory` on a helper thread; its future raises what it raised."""
+    return _pool().submit(fsync_directory, path)
