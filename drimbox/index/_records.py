@@ -97,7 +97,8 @@ def metadata_text(record: InstanceRecord) -> str:
         encoded = orjson.dumps(record.metadata)
     except orjson.JSONEncodeError:
         encoded = b"null"
-    if any(text in encoded for text in _NOT_LIKE_JSON_MODULE):
+    null, tiny, negative_exponent = _NOT_LIKE_JSON_MODULE
+    if null in encoded or tiny in encoded or negative_exponent in encoded:
         return json.dumps(record.metadata, separators=(",", ":"), ensure_ascii=False)
     return encoded.decode()
 

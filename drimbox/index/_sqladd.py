@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, partial
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -83,12 +84,26 @@ class Statement:
 
     text: str
     names: tuple[str, ...] | None = None
+    _pick: Callable[[dict[str, Any]], Any] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.names is not None:
+            object.__setattr__(self, "_pick", _picker(self.names))
 
     def parameters(self, values: dict[str, Any]) -> dict[str, Any] | tuple[Any, ...]:
         """Return the driver parameters of this statement from the flat ``values``."""
-        if self.names is None:
+        if self._pick is None:
             return values
-        return tuple([values[name] for name in self.names])
+        picked: tuple[Any, ...] = self._pick(values)
+        return picked
+
+
+def _picker(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A function taking ``names``' values, in order, from a dictionary (in C, if several)."""
+    if len(names) == 1:
+        (name,) = names
+        return lambda values: (values[name],)
+    return itemgetter(*names)
 
 
 def _statement(dialect: str, text: str) -> Statement:
