@@ -18,12 +18,13 @@ and a new one started, its first line chained to genesis.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+
+import orjson
 
 __all__ = ["RegistryAudit", "patient_digest"]
 
@@ -31,6 +32,7 @@ _log = logging.getLogger("registry.audit")
 _GENESIS = "0" * 64
 _DIGEST_CHARS = 16
 _TAIL_BYTES = 64 * 1024  # longer than any record
+_LINE_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
 
 
 def patient_digest(oid: str, value: str) -> str:
@@ -132,8 +134,9 @@ class RegistryAudit:
         try:
             size = os.fstat(fd).st_size
             previous = self._last if size == self._end else _last_hash(fd, size)
-            line = json.dumps({**body, "previous": previous}, sort_keys=True)
-            data = (line + "\n").encode()
+            # orjson: compact, keys sorted, ≈ 10× cheaper than json.dumps; the chain hashes the
+            # line's bytes whatever their layout
+            data = orjson.dumps({**body, "previous": previous}, option=_LINE_OPTIONS)
             written = os.write(fd, data)
             if written != len(data):
                 raise OSError(0, "short write to the audit trail")
