@@ -2,16 +2,19 @@
 
 Stores data sets (as a C-STORE receiver hands them over: an ``io.BytesIO`` positioned at the
 data set's first byte) into the embedded default (filesystem blob store + SQLite index + file
-audit trail) and prints, for small 64x64 instances and 512x512 CT slices, the milliseconds per
-instance end to end, then per step measured alone (fastest of three rounds): header parse, DICOM JSON metadata, blob put
-(durable: fsync'ed file and directory), audit record, and the index add (the rest of the total).
+audit trail) and prints, for small 64x64 instances and 512x512 CT slices, the wall-clock and
+CPU milliseconds per instance end to end, then of each step measured alone (fastest of three
+rounds): header parse (with the identity checks), DICOM JSON metadata (with the indexed
+values), blob put (durable: file and directory fsync'ed), audit record; the rest of the total
+is the index add and the service's own work.
 
 Bounded: ``--instances`` data sets per corpus (default 300), each stored once, after a warm-up::
 
     .venv/bin/python -m benchmarks.ingest_service [--instances 300] [--profile]
 
-``--profile`` adds a cProfile of the store loop (small instances), sorted by own time.
-The corpora are written once to the cache shared with :mod:`benchmarks.ingest`.
+``--profile`` adds a cProfile of parse + metadata (small instances), sorted by own time;
+``--directory /dev/shm`` (a tmpfs) shows the costs without the disk's syncs. The corpora are
+written once to the cache shared with :mod:`benchmarks.ingest`.
 """
 
 from __future__ import annotations
