@@ -12,6 +12,10 @@ Policy
   and data set agree (PS3.7 §9.3.1.1); Patient ID (0010,0020) present (Type 2 in the Patient
   Module, PS3.3 §C.7.1.1: it may be empty, it may not be absent); for STOW-RS, the File Meta
   Information agrees with the data set and the instance belongs to the target study.
+- **No copies.** A data set held in memory (an ``io.BytesIO``, as the C-STORE receiver hands
+  it over), or a stream small enough to be read into memory once, is parsed from those bytes
+  and handed to the blob store as File Meta Information + data set buffers (one ``writev`` on
+  the filesystem); larger streams are parsed and written in chunks.
 - **Order.** Blob put (durable) → index add → success. If the index fails, the blob is deleted
   and the error propagates: nothing is left half-visible.
 - **Duplicates** (same SOP Instance UID, even concurrently): the index add reports them
@@ -102,7 +106,8 @@ class IngestService:
         self._audit = audit
         self._max_instance_bytes = max_instance_bytes
         self._clock = clock
-        self._subscribers: list[Callable[[InstanceRecord], None]] = []
+        # Replaced, never mutated: a store reads it without taking the lock.
+        self._subscribers: tuple[Callable[[InstanceRecord], None], ...] = ()
         self._subscribers_lock = threading.Lock()
 
     @property
@@ -116,7 +121,7 @@ class IngestService:
         Callbacks run on the storing thread; their exceptions are logged, never raised.
         """
         with self._subscribers_lock:
-            self._subscribers.append(callback)
+            self._subscribers = (*self._subscribers, callback)
 
     def store_dataset(
         self,
@@ -414,9 +419,7 @@ class IngestService:
         )
 
     def _notify(self, record: InstanceRecord) -> None:
-        with self._subscribers_lock:
-            subscribers = list(self._subscribers)
-        for callback in subscribers:
+        for callback in self._subscribers:
             try:
                 callback(record)
             except Exception:
