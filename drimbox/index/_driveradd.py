@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from drimbox.index._sqladd import POSTGRESQL, Statement, add_statements, finish_add, run_add
+from drimbox.index._sqlwrite import DuplicateInstanceError
 
 __all__ = ["CONNECTION_ATTEMPTS", "SQLITE_BEGIN_WRITE", "DriverAdd"]
 
@@ -77,13 +78,18 @@ class DriverAdd:
                     self._statements_sequential(connection, values)
             except BaseException as error:
                 broken = self._failed(pooled, connection, error)
+                if not isinstance(error, self._dbapi_error):
+                    raise
                 if broken and retry_broken:
                     raise _BrokenBeforeCommitError from error
                 raise self._wrapped(error, broken) from error
             try:
                 connection.commit()
             except BaseException as error:
-                raise self._wrapped(error, self._failed(pooled, connection, error)) from error
+                broken = self._failed(pooled, connection, error)
+                if not isinstance(error, self._dbapi_error):
+                    raise
+                raise self._wrapped(error, broken) from error
         finally:
             pooled.close()
 
@@ -104,9 +110,7 @@ class DriverAdd:
             self._engine.dispose()  # its other connections are likely broken too
         return broken
 
-    def _wrapped(self, error: BaseException, broken: bool) -> BaseException:
-        if not isinstance(error, self._dbapi_error):
-            return error
+    def _wrapped(self, error: Exception, broken: bool) -> BaseException:
         wrapped: BaseException = sa.exc.DBAPIError.instance(
             "add instance",
             None,
@@ -139,14 +143,12 @@ class DriverAdd:
         with connection.pipeline():  # BEGIN and the statement in one round trip
             cursor.execute(combined.text, values, prepare=True)
         row = cursor.fetchone()
-        rejected, inserted = row[0], row[-1]
-        rows = (
-            None if rejected is None else (rejected,),
-            row[1:3],
-            row[3:8],
-            row[8:12],
-            None if inserted is None else (inserted,),
-        )
+        if row is None:  # held or rejected: nothing was written
+            # COMMIT, not ROLLBACK: psycopg forgets its prepared statements on a rollback.
+            connection.commit()
+            raise DuplicateInstanceError(values["SOPInstanceUID"])
+        inserted = row[-1]
+        rows = (None, row[0:2], row[2:7], row[7:11], None if inserted is None else (inserted,))
 
         def execute(statement: Statement, parameters: dict[str, Any]) -> Sequence[Any] | None:
             cursor.execute(statement.text, parameters)

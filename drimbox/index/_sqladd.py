@@ -36,6 +36,7 @@ from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from drimbox.index._records import list_with
 from drimbox.index._schema import instances, patients, rejected_instances, series, studies
@@ -66,6 +67,7 @@ _MANAGED_COLUMNS = frozenset(
 )
 """Columns the add sets itself (keys, counters, study lists, stability), not from parameters."""
 
+_POSTGRESQL_DIALECT: sa.Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
 _NAMED_PARAMETER = re.compile(r":(\w+)")
 
 
@@ -157,11 +159,17 @@ class _Sql:
         managed: dict[str, str],
         updates: dict[str, str],
         returning: tuple[str, ...],
+        source: str | None,
     ) -> str:
-        """``INSERT ... ON CONFLICT (keys) DO UPDATE``: fill empty attributes, apply updates."""
+        """``INSERT ... ON CONFLICT (keys) DO UPDATE``: fill empty attributes, apply updates.
+
+        ``source``: ``None`` for ``VALUES (...)``, else the end of ``SELECT <values> ...``
+        (a ``FROM`` or ``WHERE`` clause: no row, no insert).
+        """
         attributes = _attribute_names(table)
         names = [*attributes, *managed]
-        values = [self.parameter(name) for name in attributes] + list(managed.values())
+        values = [self.value(table, name, source) for name in attributes]
+        values.extend(managed.values())
         changes = [
             f"{_quoted(name)} = coalesce({table.name}.{_quoted(name)}, excluded.{_quoted(name)})"
             for name in attributes
@@ -170,10 +178,17 @@ class _Sql:
         changes.extend(f"{_quoted(name)} = {change}" for name, change in updates.items())
         return (
             f"INSERT INTO {table.name} ({', '.join(map(_quoted, names))}) "
-            f"VALUES ({', '.join(values)}) "
+            f"{_rows(values, source)} "
             f"ON CONFLICT ({', '.join(map(_quoted, keys))}) DO UPDATE SET {', '.join(changes)} "
             f"RETURNING {', '.join(map(_quoted, returning))}"
         )
+
+    def value(self, table: sa.Table, name: str, source: str | None) -> str:
+        """The parameter of column ``name``; typed in a ``SELECT`` (a NULL there is text)."""
+        column_type = table.c[name].type
+        if source is None or isinstance(column_type, sa.String):
+            return self.parameter(name)
+        return f"CAST({self.parameter(name)} AS {column_type.compile(_POSTGRESQL_DIALECT)})"
 
     def key_of(self, table: sa.Table, *keys: str) -> str:
         """Scalar subquery: the ``id`` of the row of ``table`` with these key parameters."""
@@ -181,9 +196,22 @@ class _Sql:
         return f"(SELECT id FROM {table.name} WHERE {where})"
 
 
-def _hierarchy(sql: _Sql, study_parent: str, series_parent: str, instance_parent: str) -> list[str]:
-    """The patient, study and series upserts and the instance insert, parents given as SQL."""
+def _rows(values: list[str], source: str | None) -> str:
+    joined = ", ".join(values)
+    return f"VALUES ({joined})" if source is None else f"SELECT {joined} {source}"
+
+
+def _hierarchy(
+    sql: _Sql, parents: tuple[str, str, str], sources: tuple[str | None, ...]
+) -> list[str]:
+    """The patient, study and series upserts and the instance insert.
+
+    ``parents``: the study's patient, the series' study and the instance's series, as SQL;
+    ``sources``: each statement's ``source`` (see :meth:`_Sql.upsert`).
+    """
     parameter = sql.parameter
+    study_parent, series_parent, instance_parent = parents
+    patient_source, study_source, series_source, instance_source = sources
     counted = {"number_of_instances": "1"}
 
     def count_one_more(table: str) -> dict[str, str]:
@@ -194,7 +222,8 @@ def _hierarchy(sql: _Sql, study_parent: str, series_parent: str, instance_parent
         ("PatientID", "IssuerOfPatientID"),
         {**counted, "number_of_studies": "1", "number_of_series": "1"},
         count_one_more("patients"),
-        ("id", "number_of_instances"),
+        _PATIENT_RETURNING,
+        patient_source,
     )
     study = sql.upsert(
         studies,
@@ -217,6 +246,7 @@ def _hierarchy(sql: _Sql, study_parent: str, series_parent: str, instance_parent
             "revision": "studies.revision + 1",
         },
         _STUDY_RETURNING,
+        study_source,
     )
     series_upsert = sql.upsert(
         series,
@@ -224,11 +254,13 @@ def _hierarchy(sql: _Sql, study_parent: str, series_parent: str, instance_parent
         {"study_pk": series_parent, **counted},
         count_one_more("series"),
         _SERIES_RETURNING,
+        series_source,
     )
     instance_names = _attribute_names(instances)
+    instance_values = [sql.value(instances, name, instance_source) for name in instance_names]
     instance = (
         f"INSERT INTO instances ({', '.join(map(_quoted, [*instance_names, 'series_pk']))}) "
-        f"VALUES ({', '.join(parameter(name) for name in instance_names)}, {instance_parent}) "
+        f"{_rows([*instance_values, instance_parent], instance_source)} "
         'ON CONFLICT ("SOPInstanceUID") DO NOTHING RETURNING id'
     )
     return [patient, study, series_upsert, instance]
@@ -246,12 +278,16 @@ _SERIES_RETURNING = ("id", "number_of_instances", "study_pk", "Modality")
 
 
 def _combined(sql: _Sql, held_or_rejected: str) -> str:
-    """PostgreSQL: the five statements as one, parents passed on by data-modifying CTEs.
+    """PostgreSQL: the add as one statement, parents passed on by data-modifying CTEs.
 
-    Each CTE reads the row its predecessor returned, so the rows are still locked top-down.
+    Each CTE selects from the row its predecessor returned, so rows are locked top-down; the
+    patient's selects nothing if the instance is held or rejected, and then nothing is written
+    and the statement returns no row.
     """
     patient, study, series_upsert, instance = _hierarchy(
-        sql, "(SELECT id FROM p)", "(SELECT id FROM s)", "(SELECT id FROM se)"
+        sql,
+        ("p.id", "s.id", "se.id"),
+        (f"WHERE NOT EXISTS ({held_or_rejected})", "FROM p", "FROM s", "FROM se"),
     )
     columns = [
         *(f"p.{_quoted(name)}" for name in _PATIENT_RETURNING),
@@ -260,7 +296,7 @@ def _combined(sql: _Sql, held_or_rejected: str) -> str:
     ]
     return (
         f"WITH p AS ({patient}), s AS ({study}), se AS ({series_upsert}), i AS ({instance}) "
-        f"SELECT ({held_or_rejected}), {', '.join(columns)}, (SELECT id FROM i) FROM p, s, se"
+        f"SELECT {', '.join(columns)}, (SELECT id FROM i) FROM p, s, se"
     )
 
 
@@ -276,9 +312,12 @@ def add_statements(dialect: str) -> AddStatements:
     )
     patient, study, series_upsert, instance = _hierarchy(
         sql,
-        sql.key_of(patients, "PatientID", "IssuerOfPatientID"),
-        sql.key_of(studies, "StudyInstanceUID"),
-        sql.key_of(series, "SeriesInstanceUID"),
+        (
+            sql.key_of(patients, "PatientID", "IssuerOfPatientID"),
+            sql.key_of(studies, "StudyInstanceUID"),
+            sql.key_of(series, "SeriesInstanceUID"),
+        ),
+        (None, None, None, None),
     )
     statement = partial(_statement, dialect)
     return AddStatements(
