@@ -9,7 +9,7 @@ from typing import Any
 from drimbox.services.reports import ReportNotice
 from registry.models import Coding, Confidentiality, ManifestSubmission, Party
 
-__all__ = ["build_submission", "submission_from_dict", "submission_to_dict"]
+__all__ = ["build_submission", "exam_date", "submission_from_dict", "submission_to_dict"]
 
 _RPPS_OID = "1.2.250.1.71.4.2.1"
 """ASIP Santé / ANS identifier system of health professionals (RPPS/ADELI, annuaire santé)."""
@@ -46,8 +46,16 @@ def build_submission(
     Returns
     -------
     ManifestSubmission
+
+    Raises
+    ------
+    ValueError
+        Neither ``study_date`` nor the report gives a valid exam date (:func:`exam_date`); a
+        registry entry is never dated by guess.
     """
-    when = _date(study_date or notice.exam_date)
+    when = exam_date(study_date, notice)
+    if when is None:
+        raise ValueError("no exam date: neither the images nor the report give a valid one")
     return ManifestSubmission(
         patient_value=notice.patient.ins or "",
         patient_oid=notice.patient.ins_oid or "",
@@ -86,13 +94,16 @@ def _confidentiality(code: str) -> Confidentiality:
         return Confidentiality.NORMAL
 
 
-def _date(value: str | None) -> date:
-    if value and len(value) >= 8 and value[:8].isdigit():
-        try:
-            return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
-        except ValueError:
-            pass
-    return date.today()
+def exam_date(study_date: str | None, notice: ReportNotice) -> date | None:
+    """The exam's date: the images' Study Date, else the report's; ``None`` when neither is a
+    valid ``YYYYMMDD`` date."""
+    for value in (study_date, notice.exam_date):
+        if value and len(value) >= 8 and value[:8].isdigit():
+            try:
+                return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
+            except ValueError:
+                continue
+    return None
 
 
 def submission_to_dict(submission: ManifestSubmission) -> dict[str, Any]:

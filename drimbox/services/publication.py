@@ -8,7 +8,9 @@ The steps for one report (each audited, each idempotent):
 2. completeness: the study must be held and stable; if it is not held, the site's PACS is asked
    to send it (C-FIND + C-MOVE) and the exam waits for stability, up to a time-out;
 3. coherence: the report and the images must agree (StudyInstanceUID, accession, patient traits);
-   any mismatch quarantines the exam with the reason;
+   any mismatch quarantines the exam with the reason, and so does an exam with no date
+   (neither the images' Study Date nor the report give one: a registry entry is never dated
+   by guess);
 4. a KOS manifest (next version, deterministic UIDs) is built from every non-rejected instance,
    written durably to the blob store, and queued in the outbox in the same transaction as the
    exam's new state; the :class:`~drimbox.services.publisher.Publisher` sends it.
@@ -37,10 +39,16 @@ from drimbox.model import (
 )
 from drimbox.ports import AuditLog, BlobStore, Index, Pacs, PublicationStore
 from drimbox.services._exams import digest, image_facts, pending_job, values
-from drimbox.services.manifests import build_submission, submission_to_dict
+from drimbox.services.manifests import build_submission, exam_date, submission_to_dict
 from drimbox.services.reports import ReportAction, ReportNotice, notice_from_dict, notice_to_dict
 
-__all__ = ["INVALID_STUDY_UID", "ManifestBuilder", "ManifestDraft", "PublicationService"]
+__all__ = [
+    "INVALID_STUDY_UID",
+    "NO_EXAM_DATE",
+    "ManifestBuilder",
+    "ManifestDraft",
+    "PublicationService",
+]
 
 _log = logging.getLogger("drimbox.publication")
 
@@ -74,6 +82,9 @@ class ManifestDraft:
 
 
 INVALID_STUDY_UID = "the report's StudyInstanceUID is not a valid DICOM UID (PS3.5 §9.1)"
+NO_EXAM_DATE = (
+    "no exam date: neither the images' Study Date (0008,0020) nor the report give a valid one"
+)
 
 _ACCESSION_OF_ANOTHER_STUDY = (
     "StudyInstanceUID of the report does not match the images: the PACS holds the report's "
@@ -214,6 +225,8 @@ class PublicationService:
         mismatches = study_mismatches(notice.facts, image_facts(notice.study_instance_uid, study))
         if mismatches:
             return self._settle(notice, exam, report, ExamState.QUARANTINED, "; ".join(mismatches))
+        if exam_date(next(iter(values(study, "00080020")), None), notice) is None:
+            return self._settle(notice, exam, report, ExamState.QUARANTINED, NO_EXAM_DATE)
         return self._queue_manifest(notice, exam, report, instances, study)
 
     def _queue_manifest(

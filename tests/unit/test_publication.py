@@ -18,7 +18,7 @@ from drimbox.index.publications import MemoryPublicationStore
 from drimbox.model import ExamState, JobAction, JobState
 from drimbox.services.ingest import IngestService
 from drimbox.services.manifest_builder import KosManifestBuilder
-from drimbox.services.publication import PublicationService
+from drimbox.services.publication import NO_EXAM_DATE, PublicationService
 from drimbox.services.reports import ReportAction, ReportNotice
 from drimbox.storage.memory import MemoryBlobStore
 
@@ -232,6 +232,24 @@ def test_report_and_images_with_different_accessions_are_quarantined(world: Worl
         facts=replace(notice().facts, accession_numbers=("OTHER",))))  # fmt: skip
     assert exam.state is ExamState.QUARANTINED
     assert exam.reason is not None and "AccessionNumber" in exam.reason
+
+
+def test_an_exam_with_no_date_is_quarantined_not_dated_by_guess(world: World) -> None:
+    world.store_study(replace(STUDY, study_date=""))
+    world.settle()
+    exam = world.service.handle_report(notice(exam_date=None))
+    assert exam.state is ExamState.QUARANTINED
+    assert exam.reason == NO_EXAM_DATE
+    assert world.store.jobs() == []
+
+
+def test_the_report_dates_an_exam_whose_images_have_no_study_date(world: World) -> None:
+    world.store_study(replace(STUDY, study_date=""))
+    world.settle()
+    exam = world.service.handle_report(notice(exam_date="20240116"))
+    assert exam.state is ExamState.QUEUED
+    (job,) = world.store.jobs()
+    assert job.submission is not None and job.submission["period_start"] == "2024-01-16"
 
 
 def test_an_amended_report_queues_a_replacement(world: World) -> None:
