@@ -225,8 +225,22 @@ def term_matches(term: Term, value: str | None) -> bool:
     return lower_ok and upper_ok
 
 
+_DT_RANGE = re.compile(
+    r"(?P<lower>\d{4,14}(?:\.\d{1,6})?(?:[+-]\d{4})?)?\s*-\s*"
+    r"(?P<upper>\d{4,14}(?:\.\d{1,6})?(?:[+-]\d{4})?)?"
+)
+"""A DT range (PS3.4 §C.2.2.2.5): either bound may carry a UTC offset ``&ZZXX`` whose sign
+can be ``-``, so the range's ``-`` is the one between two well-formed bounds (PS3.5 §6.2)."""
+_DT_OFFSET = re.compile(r"[+-]\d{4}$")
+
+
 def _range_term(keyword: str, text: str) -> Term:
-    lower, _, upper = text.partition("-")
+    if vr_of(keyword) == "DT" and (match := _DT_RANGE.fullmatch(text.strip())):
+        # Stored DT values are compared as written (local time); a bound's offset is dropped.
+        lower = _DT_OFFSET.sub("", match["lower"] or "")
+        upper = _DT_OFFSET.sub("", match["upper"] or "")
+    else:
+        lower, _, upper = text.partition("-")
     lower, upper = lower.strip(), upper.strip()
     if not (lower or upper):
         raise InvalidQueryError(f"{keyword}: a range needs at least one bound", keyword)

@@ -7,7 +7,14 @@ import pytest
 from drimbox.errors import InvalidQueryError
 from drimbox.index import MAXIMUM_LIMIT
 from drimbox.index._dicomjson import dicom_json
-from drimbox.index._query import Form, TermKind, fuzzy_key, plan_query, term_matches
+from drimbox.index._query import (
+    RANGE_UPPER_SENTINEL,
+    Form,
+    TermKind,
+    fuzzy_key,
+    plan_query,
+    term_matches,
+)
 from drimbox.model import Level, Query
 
 
@@ -39,6 +46,26 @@ def test_time_range_upper_bound_includes_every_time_it_prefixes() -> None:
     assert term_matches(term, "120059.123")
     assert term_matches(term, "1100")
     assert not term_matches(term, "1201")
+
+
+@pytest.mark.parametrize(
+    ("text", "lower", "upper"),
+    [
+        ("20240101120000-0500-20240102", "20240101120000", "20240102"),
+        ("20240101120000+0100-20240102120000-0500", "20240101120000", "20240102120000"),
+        ("-20240102120000.5-0500", None, "20240102120000.5"),
+        ("20240101-", "20240101", None),
+        ("2024-2025", "2024", "2025"),
+    ],
+)
+def test_a_datetime_range_splits_between_bounds_not_inside_a_utc_offset(
+    text: str, lower: str | None, upper: str | None
+) -> None:
+    query = Query(level=Level.IMAGE, filters={"AcquisitionDateTime": text})
+    (term,) = plan_query(query).conditions[0].terms
+    assert term.kind is TermKind.RANGE
+    assert term.lower == lower
+    assert term.upper == (None if upper is None else upper + RANGE_UPPER_SENTINEL)
 
 
 def test_person_names_match_on_their_case_folded_or_fuzzy_column() -> None:
