@@ -14,7 +14,8 @@ was committed), which lets PostgreSQL pools skip the ``SELECT 1`` ping before ea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,10 +41,15 @@ class DriverAdd:
     ----------
     engine
         Pool of the connections the adds use.
+    gate
+        Entered around each transaction, e.g. :meth:`drimbox.index._writegate.WriteGate.hold`.
     """
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(
+        self, engine: sa.Engine, gate: Callable[[], AbstractContextManager[None]] = nullcontext
+    ) -> None:
         self._engine = engine
+        self._gate = gate
         self._dialect = engine.dialect
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._statements = add_statements(engine.dialect.name)
@@ -62,7 +68,8 @@ class DriverAdd:
         """
         for attempt in range(1, CONNECTION_ATTEMPTS + 1):
             try:
-                self._once(values, retry_broken=attempt < CONNECTION_ATTEMPTS)
+                with self._gate():
+                    self._once(values, retry_broken=attempt < CONNECTION_ATTEMPTS)
             except _BrokenBeforeCommitError:
                 continue
             return

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -120,6 +120,8 @@ class SqlIndex:
     adder
         Engine of :meth:`add_instance`'s transactions, on the driver's cursor (see
         :mod:`drimbox.index._driveradd`); defaults to ``writer``.
+    add_gate
+        Entered around each add transaction (SQLite: queues the file's writers).
     migrate
         Bring the schema to the latest revision at open (under a cross-process lock).
     """
@@ -130,6 +132,7 @@ class SqlIndex:
         writer: sa.Engine | None = None,
         *,
         adder: sa.Engine | None = None,
+        add_gate: Callable[[], AbstractContextManager[None]] = nullcontext,
         migrate: bool = True,
     ) -> None:
         self._reader = reader
@@ -138,7 +141,7 @@ class SqlIndex:
         self._seen_revisions: dict[str, int] = {}
         self._seen_lock = threading.Lock()
         self._rendered = RenderedMatches()
-        self._add = DriverAdd(self._adder)
+        self._add = DriverAdd(self._adder, add_gate)
         if migrate:
             with self._guard():
                 upgrade_to_head(self._writer)
