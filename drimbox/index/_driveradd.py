@@ -14,7 +14,7 @@ was committed), which lets PostgreSQL pools skip the ``SELECT 1`` ping before ea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -41,15 +41,15 @@ class DriverAdd:
     ----------
     engine
         Pool of the connections the adds use.
-    gate
-        Entered around each transaction, e.g. :meth:`drimbox.index._writegate.WriteGate.hold`.
+    lock
+        Held around each transaction, e.g. a :class:`drimbox.index._writelock.WriterLock`.
     """
 
     def __init__(
-        self, engine: sa.Engine, gate: Callable[[], AbstractContextManager[None]] = nullcontext
+        self, engine: sa.Engine, lock: AbstractContextManager[object] | None = None
     ) -> None:
         self._engine = engine
-        self._gate = gate
+        self._lock = nullcontext() if lock is None else lock
         self._dialect = engine.dialect
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._statements = add_statements(engine.dialect.name)
@@ -68,7 +68,7 @@ class DriverAdd:
         """
         for attempt in range(1, CONNECTION_ATTEMPTS + 1):
             try:
-                with self._gate():
+                with self._lock:
                     self._once(values, retry_broken=attempt < CONNECTION_ATTEMPTS)
             except _BrokenBeforeCommitError:
                 continue

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -120,8 +120,9 @@ class SqlIndex:
     adder
         Engine of :meth:`add_instance`'s transactions, on the driver's cursor (see
         :mod:`drimbox.index._driveradd`); defaults to ``writer``.
-    add_gate
-        Entered around each add transaction (SQLite: queues the file's writers).
+    add_lock
+        Held around each add transaction (SQLite: a
+        :class:`drimbox.index._writelock.WriterLock` queues the file's writers).
     migrate
         Bring the schema to the latest revision at open (under a cross-process lock).
     """
@@ -132,7 +133,7 @@ class SqlIndex:
         writer: sa.Engine | None = None,
         *,
         adder: sa.Engine | None = None,
-        add_gate: Callable[[], AbstractContextManager[None]] = nullcontext,
+        add_lock: AbstractContextManager[object] | None = None,
         migrate: bool = True,
     ) -> None:
         self._reader = reader
@@ -141,7 +142,7 @@ class SqlIndex:
         self._seen_revisions: dict[str, int] = {}
         self._seen_lock = threading.Lock()
         self._rendered = RenderedMatches()
-        self._add = DriverAdd(self._adder, add_gate)
+        self._add = DriverAdd(self._adder, add_lock)
         if migrate:
             with self._guard():
                 upgrade_to_head(self._writer)

@@ -4,21 +4,20 @@ Durability and sharing: WAL journal, ``synchronous=FULL`` (a committed instance 
 loss, which ``NORMAL`` does not guarantee in WAL mode), foreign keys on, a busy timeout so that
 threads and processes sharing the file wait for each other instead of failing, and write
 transactions that ``BEGIN IMMEDIATE`` (they take the write lock up front, so two writers never
-deadlock upgrading a read lock); adds queue for that lock (:mod:`drimbox.index._writegate`)
+deadlock upgrading a read lock); adds queue for that lock (:mod:`drimbox.index._writelock`)
 rather than sleep in SQLite's busy handler. Reads use deferred transactions and run concurrently
 with the writer. ``LIKE`` is made case-sensitive, as PS3.4 §C.2.2.2.4 wildcard matching requires.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from drimbox.errors import ConfigurationError
-from drimbox.index._writegate import WriteGate
+from drimbox.index._writelock import WriterLock
 from drimbox.index.sql import SqlIndex
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLITE_SCHEME", "SqliteIndex", "sqlite_engine"]
@@ -94,15 +93,17 @@ class SqliteIndex(SqlIndex):
     ) -> None:
         url = _file_url(url_or_path)
         database = sa.make_url(url).database
-        self._gate = None if database is None else WriteGate(Path(database), busy_timeout)
+        self._writer_lock = (
+            None if database is None else WriterLock(Path(database), timeout=busy_timeout)
+        )
         super().__init__(
             sqlite_engine(url, "BEGIN", busy_timeout),
             sqlite_engine(url, "BEGIN IMMEDIATE", busy_timeout),
-            add_gate=nullcontext if self._gate is None else self._gate.hold,
+            add_lock=self._writer_lock,
         )
 
     def close(self) -> None:
         """Release every pooled connection and the writers' lock file."""
         super().close()
-        if self._gate is not None:
-            self._gate.close()
+        if self._writer_lock is not None:
+            self._writer_lock.close()

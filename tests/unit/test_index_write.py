@@ -1,4 +1,4 @@
-"""The SQL index's add path: stored values, metadata text and the SQLite writers' gate."""
+"""The SQL index's add path: stored values, metadata text, SQLite writers' lock timeout."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from drimbox.index import SqliteIndex
 from drimbox.index._records import flat_values, level_values, metadata_text
-from drimbox.index._writegate import LOCK_FILE_SUFFIX, WriteGate
+from drimbox.index._writelock import LOCK_SUFFIX, WriterLock
 from drimbox.model import AddOutcome, InstanceRecord, Level, StoredBlob
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -65,31 +65,34 @@ def test_flat_values_hold_every_levels_stored_values() -> None:
     assert (values["series_number_order"], values["instance_number_order"]) == (2, None)
 
 
-def test_a_writer_waits_in_the_gate_until_the_other_writer_leaves(tmp_path: Path) -> None:
-    first, second = WriteGate(tmp_path / "x.db", 5), WriteGate(tmp_path / "x.db", 5)
+def test_a_writer_goes_ahead_when_the_lock_stays_taken_past_its_timeout(tmp_path: Path) -> None:
+    first = WriterLock(tmp_path / "x.db")
+    second = WriterLock(tmp_path / "x.db", timeout=SHORT_WAIT)
+    with first:
+        started = time.monotonic()
+        with second:
+            waited = time.monotonic() - started
+    assert SHORT_WAIT <= waited < 5
+    with second:  # the timed-out writer released nothing it did not hold
+        pass
+    first.close()
+    second.close()
+
+
+def test_a_timed_writer_waits_for_the_lock_while_it_is_taken(tmp_path: Path) -> None:
+    first, second = WriterLock(tmp_path / "x.db"), WriterLock(tmp_path / "x.db", timeout=5)
     entered = threading.Event()
 
     def write() -> None:
-        with second.hold():
+        with second:
             entered.set()
 
-    with first.hold():
+    with first:
         writer = threading.Thread(target=write)
         writer.start()
         assert not entered.wait(SHORT_WAIT)
     assert entered.wait(5)
     writer.join()
-    first.close()
-    second.close()
-
-
-def test_a_writer_goes_ahead_when_the_gate_stays_closed_past_the_timeout(tmp_path: Path) -> None:
-    first, second = WriteGate(tmp_path / "x.db", 5), WriteGate(tmp_path / "x.db", SHORT_WAIT)
-    with first.hold():
-        started = time.monotonic()
-        with second.hold():
-            waited = time.monotonic() - started
-    assert SHORT_WAIT <= waited < 5
     first.close()
     second.close()
 
@@ -109,5 +112,5 @@ def test_concurrent_sqlite_adds_queue_and_store_each_instance_once(tmp_path: Pat
         thread.join()
     assert outcomes.count(AddOutcome.STORED) == len(records)
     assert index.statistics().instances == len(records)
-    assert (tmp_path / f"index.db{LOCK_FILE_SUFFIX}").exists()
+    assert (tmp_path / f"index.db{LOCK_SUFFIX}").exists()
     index.close()
