@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -120,8 +120,8 @@ class SqlIndex:
     adder
         Engine of :meth:`add_instance`'s transactions, on the driver's cursor (see
         :mod:`drimbox.index._driveradd`); defaults to ``writer``.
-    add_lock
-        Held around each add transaction (SQLite: a
+    write_lock
+        Held around each write transaction (SQLite: a
         :class:`drimbox.index._writelock.WriterLock` queues the file's writers).
     migrate
         Bring the schema to the latest revision at open (under a cross-process lock).
@@ -133,7 +133,7 @@ class SqlIndex:
         writer: sa.Engine | None = None,
         *,
         adder: sa.Engine | None = None,
-        add_lock: AbstractContextManager[object] | None = None,
+        write_lock: AbstractContextManager[object] | None = None,
         migrate: bool = True,
     ) -> None:
         self._reader = reader
@@ -142,7 +142,8 @@ class SqlIndex:
         self._seen_revisions: dict[str, int] = {}
         self._seen_lock = threading.Lock()
         self._rendered = RenderedMatches()
-        self._add = DriverAdd(self._adder, add_lock)
+        self._write_lock = nullcontext() if write_lock is None else write_lock
+        self._add = DriverAdd(self._adder, self._write_lock)
         if migrate:
             with self._guard():
                 upgrade_to_head(self._writer)
@@ -161,7 +162,7 @@ class SqlIndex:
 
     def _write(self, work: Callable[[sa.Connection], _T]) -> _T:
         def transaction() -> _T:
-            with self._writer.begin() as connection:
+            with self._write_lock, self._writer.begin() as connection:
                 return work(connection)
 
         return self._retrying(transaction)

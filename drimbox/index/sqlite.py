@@ -4,7 +4,7 @@ Durability and sharing: WAL journal, ``synchronous=FULL`` (a committed instance 
 loss, which ``NORMAL`` does not guarantee in WAL mode), foreign keys on, a busy timeout so that
 threads and processes sharing the file wait for each other instead of failing, and write
 transactions that ``BEGIN IMMEDIATE`` (they take the write lock up front, so two writers never
-deadlock upgrading a read lock); adds queue for that lock (:mod:`drimbox.index._writelock`)
+deadlock upgrading a read lock); writes queue for that lock (:mod:`drimbox.index._writelock`)
 rather than sleep in SQLite's busy handler. Reads use deferred transactions and run concurrently
 with the writer. ``LIKE`` is made case-sensitive, as PS3.4 §C.2.2.2.4 wildcard matching requires.
 """
@@ -77,6 +77,17 @@ def _file_url(url_or_path: str | Path) -> str:
     return text
 
 
+def _writer_lock(database: str | None, timeout: float) -> WriterLock | None:
+    """The lock queueing the file's writers; ``None`` where it cannot be created (the database
+    cannot either: opening the index then fails with a clear error)."""
+    if database is None:
+        return None
+    try:
+        return WriterLock(Path(database), timeout=timeout)
+    except OSError:
+        return None
+
+
 class SqliteIndex(SqlIndex):
     """Index in one SQLite file, shared safely by several threads and processes.
 
@@ -92,14 +103,11 @@ class SqliteIndex(SqlIndex):
         self, url_or_path: str | Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
     ) -> None:
         url = _file_url(url_or_path)
-        database = sa.make_url(url).database
-        self._writer_lock = (
-            None if database is None else WriterLock(Path(database), timeout=busy_timeout)
-        )
+        self._writer_lock = _writer_lock(sa.make_url(url).database, busy_timeout)
         super().__init__(
             sqlite_engine(url, "BEGIN", busy_timeout),
             sqlite_engine(url, "BEGIN IMMEDIATE", busy_timeout),
-            add_lock=self._writer_lock,
+            write_lock=self._writer_lock,
         )
 
     def close(self) -> None:
