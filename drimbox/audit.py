@@ -78,7 +78,8 @@ class FileAuditLog:
         with self._sync_lock:
             with self._lock:
                 fd = self._fd
-                self._dirty.clear()
+                if not self._stopping.is_set():  # close() set it to wake the flusher: keep it
+                    self._dirty.clear()
             if fd is not None:
                 os.fdatasync(fd)  # appends go on meanwhile
 
