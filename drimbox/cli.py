@@ -238,7 +238,7 @@ def verify(
     repair: Annotated[bool, typer.Option(help="Remove orphan blobs (never indexed).")] = False,
     grace: Annotated[
         float, typer.Option(help="Seconds to wait before confirming an orphan (in-flight ingest).")
-    ] = 2.0,
+    ] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Check that the index and the blob store agree; exit 0 only when consistent."""

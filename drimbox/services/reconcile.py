@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from drimbox.ports import AuditLog, BlobStore, Index
 
-__all__ = ["ReconcileReport", "reconcile"]
+__all__ = ["ORPHAN_GRACE_SECONDS", "ReconcileReport", "reconcile"]
 
 
 @dataclass(slots=True)
@@ -46,13 +46,19 @@ class ReconcileReport:
         return not self.missing and len(self.orphans) == self.removed
 
 
+ORPHAN_GRACE_SECONDS = 30.0
+"""Default delay before an unindexed blob is confirmed an orphan: far longer than any put's
+fsync plus its index commit, even on a saturated disk (a blob is written at its final key, then
+synced, then indexed)."""
+
+
 def reconcile(
     blobs: BlobStore,
     index: Index,
     audit: AuditLog,
     *,
     repair: bool = False,
-    grace_seconds: float = 2.0,
+    grace_seconds: float = ORPHAN_GRACE_SECONDS,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ReconcileReport:
     """Compare the index with the blob store, optionally removing orphans.
