@@ -13,10 +13,10 @@ Examples::
 The SQLite file (or PostgreSQL database) should be empty: the benchmark refuses to count
 duplicates as adds.
 
-Reference (2 shared cores, load average 3-6, old then new, 2026-11-29): SQLite median
-1.0-1.7 ms per add before the driver-cursor add transaction, 0.48-0.67 ms after (about 0.25 ms
-of it is the WAL fsync of ``synchronous=FULL``); PostgreSQL 15 median 2.1-3.6 ms before,
-1.1-1.6 ms after. Orthanc ingests such instances at about 1.7 ms each, end to end.
+Reference (2 shared cores, load average 3-6.5, old then new code alternately, 2026-11-29):
+SQLite median 1.0-2.2 ms per add before the driver-cursor add transaction, 0.48-0.8 ms after
+(about 0.25 ms of it is the WAL fsync of ``synchronous=FULL``); PostgreSQL 15 median 2.1-3.6 ms
+before, 1.1-2.1 ms after. Orthanc ingests such instances at about 1.7 ms each, end to end.
 """
 
 from __future__ import annotations
