@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import multiprocessing.process
 import multiprocessing.synchronize
+import os
 import signal
 import socket
 import threading
@@ -20,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -42,6 +44,7 @@ from drimbox.services.manifest_builder import KosManifestBuilder
 from drimbox.services.publication import PublicationService
 from drimbox.services.publisher import Publisher
 from drimbox.services.query import QueryService
+from drimbox.services.reconcile import check_newest_instances
 from drimbox.services.retrieve import RetrieveService
 from drimbox.services.stability import StabilityMonitor
 from drimbox.services.worker import PollingWorker
@@ -131,6 +134,8 @@ class Box:
     hl7_worker: ReportWorker
     http_listener: socket.socket
     dimse_listener: socket.socket | None = None
+    started: threading.Event = field(default_factory=threading.Event)
+    """Set once every listener and worker runs (``/health/ready`` answers 200 from then)."""
     _http_server: uvicorn.Server | None = None
     _http_thread: threading.Thread | None = None
     _receivers: list[multiprocessing.process.BaseProcess] = field(default_factory=list)
@@ -153,7 +158,12 @@ class Box:
         return self.settings.hl7_port
 
     def start(self) -> None:
-        """Start the listeners and workers; return once every listener accepts connections."""
+        """Start the listeners and workers; return once every listener accepts connections.
+
+        After an unclean stop (no clean-stop marker in the data directory), the newest index
+        rows are checked first (:func:`drimbox.services.reconcile.check_newest_instances`).
+        """
+        self._check_last_stop()
         self._start_http()
         if self.dimse is not None:
             self.dimse.start()
@@ -170,6 +180,7 @@ class Box:
         for task in self._maintenance:
             task.start()
         self._started = True
+        self.started.set()
         self.audit.record(
             "box.start", "success", aet=self.settings.aet, dimse_port=self.dimse_port,
             http_port=self.http_port, hl7_port=self.hl7_port,
@@ -177,6 +188,7 @@ class Box:
 
     def stop(self) -> None:
         """Stop listeners and workers, then release the adapters. Idempotent."""
+        self.started.clear()
         for task in self._maintenance:
             task.stop()
         self._maintenance.clear()
@@ -186,23 +198,38 @@ class Box:
         self.stability.stop()
         for process in self._receivers:
             process.terminate()
+        quiesced = True  # nothing is being stored any more: the clean-stop marker may be set
         for process in self._receivers:
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()
+                quiesced = False
         self._receivers.clear()
-        if self.dimse is not None:
-            self.dimse.stop()
+        if self.dimse is not None and not self.dimse.stop():
+            quiesced = False
         if self._http_server is not None and self._http_thread is not None:
             self._http_server.should_exit = True
             self._http_thread.join(timeout=10)
+            quiesced = quiesced and not self._http_thread.is_alive()
             self._http_server = None
         self.http_listener.close()
+        if self._started and quiesced:
+            _write_clean_stop_marker(self.settings.data_dir)
+        self._started = False
         self.registry.close()
         self.publications.close()
         self.index.close()
         self.blobs.close()
         _close_audit(self.audit)
+
+    def _check_last_stop(self) -> None:
+        marker = self.settings.data_dir / CLEAN_STOP_MARKER
+        if marker.exists():
+            marker.unlink()
+            _fsync_directory(self.settings.data_dir)  # a crash from now on is seen as one
+            return
+        removed = check_newest_instances(self.blobs, self.index, self.audit)
+        _log.info("box.unclean_stop_checked removed=%d", len(removed))
 
     def _start_http(self) -> None:
         config = uvicorn.Config(
@@ -245,6 +272,28 @@ class Box:
                     f"DIMSE receiver process {number + 1} did not start within "
                     f"{_RECEIVER_STARTUP_TIMEOUT:.0f} s (exit code {process.exitcode})"
                 )
+
+
+CLEAN_STOP_MARKER = ".clean-stop"
+"""File the box writes in its data directory when it stops with nothing in flight."""
+
+
+def _write_clean_stop_marker(data_dir: Path) -> None:
+    marker = data_dir / CLEAN_STOP_MARKER
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_directory(data_dir)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -343,7 +392,10 @@ def build_box(settings: Settings, *, dimse: bool = True) -> Box:
     mllp = MllpServer(
         settings.host, settings.hl7_port, make_report_handler(inbox, on_stored=hl7_worker.wake)
     )
-    app = _build_app(settings, query=query, retrieve=retrieve, ingest=ingest, index=index)
+    started = threading.Event()
+    app = _build_app(
+        settings, query=query, retrieve=retrieve, ingest=ingest, index=index, started=started
+    )
     dimse_listener = (
         bind_listener(settings.host, settings.dimse_port)
         if dimse and settings.dimse_processes > 1
@@ -382,6 +434,7 @@ def build_box(settings: Settings, *, dimse: bool = True) -> Box:
         hl7_worker=hl7_worker,
         http_listener=http_listener,
         dimse_listener=dimse_listener,
+        started=started,
     )
 
 
@@ -399,13 +452,14 @@ def _build_app(
     retrieve: RetrieveService,
     ingest: IngestService,
     index: Index,
+    started: threading.Event,
 ) -> FastAPI:
     app = FastAPI(
         title="drimbox",
         summary="DRIMbox imaging gateway: DICOMweb (PS3.18) and the embedded national registry",
         docs_url="/docs",
     )
-    app.include_router(create_health_router(index), prefix="")
+    app.include_router(create_health_router(index, started), prefix="")
     app.include_router(
         create_dicomweb_router(
             query=query,

@@ -24,7 +24,36 @@ from drimbox.model import (
 )
 from registry.models import ManifestSubmission
 
-__all__ = ["AuditLog", "BlobStore", "Index", "Pacs", "PublicationStore", "Registry"]
+__all__ = [
+    "AuditLog",
+    "BlobStore",
+    "BlobWrite",
+    "Index",
+    "Pacs",
+    "PublicationStore",
+    "Registry",
+]
+
+
+@runtime_checkable
+class BlobWrite(Protocol):
+    """An object written by :meth:`BlobStore.write` whose sync may still be running."""
+
+    def stored(self) -> StoredBlob:
+        """Return the object's key, size and SHA-256 (known once written; not yet durable)."""
+        ...
+
+    def wait_durable(self) -> StoredBlob:
+        """Wait until the object would survive a crash, then return it.
+
+        Raises :class:`drimbox.errors.StorageError` when it cannot be made durable; the object
+        is then removed.
+        """
+        ...
+
+    def discard(self) -> None:
+        """Remove the object (after its sync, if one is running); never raises."""
+        ...
 
 
 @runtime_checkable
@@ -42,6 +71,16 @@ class BlobStore(Protocol):
 
         Returns only once the object would survive a crash (fsync of file and directory, or a
         completed S3 PUT). On failure nothing is left visible under any key.
+        """
+        ...
+
+    def write(self, chunks: Iterable[bytes]) -> BlobWrite:
+        """Write a new object and start making it durable; return at once with its handle.
+
+        The caller may do other work (index the object) while the sync runs, and must then
+        call :meth:`BlobWrite.wait_durable` or :meth:`BlobWrite.discard`. Stores that cannot
+        sync in the background return a handle that is already durable. The object is
+        readable at once; failures to write raise here, as :meth:`put` does.
         """
         ...
 
@@ -130,6 +169,10 @@ class Index(Protocol):
 
     def remove_instance(self, sop_instance_uid: str) -> InstanceLocation | None:
         """Remove an instance from the index (empty series/studies/patients go too)."""
+        ...
+
+    def newest_instances(self, limit: int) -> list[InstanceLocation]:
+        """Return the last ``limit`` instances indexed, newest first (start-up checks)."""
         ...
 
     def reject_instances(self, sop_instance_uids: Iterable[str]) -> int:

@@ -126,7 +126,7 @@ STORAGE_TRANSFER_SYNTAXES = (
 MAXIMUM_ASSOCIATIONS = 64
 """Concurrent associations served; more are rejected-transient (PS3.8 §9.3.4)."""
 
-ACCEPT_DEFER_SECONDS = 0.002
+ACCEPT_DEFER_SECONDS = 0.01
 """With a shared listener, how long a process defers an accept per association it serves."""
 
 _MAXIMUM_DEFERRED_ASSOCIATIONS = 8
@@ -239,17 +239,18 @@ class DimseServer:
         _log.info("dimse.listening aet=%s host=%s port=%d", self._ae_title, self._address[0], port)
         return port
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
         """Stop accepting associations, abort the active ones and wait for their threads.
 
         Waits at most :data:`_STOP_TIMEOUT_SECONDS`: a peer that never closes its end must not
-        keep the box from stopping.
+        keep the box from stopping. Returns whether every association thread has ended (no
+        instance is being stored any more).
         """
         with self._lock:
             listener, self._listener = self._listener, None
             thread, self._thread = self._thread, None
         if listener is None:
-            return
+            return True
         self._stopping.set()
         deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
         if thread is not None:
@@ -265,7 +266,9 @@ class DimseServer:
                 _shutdown(sock)
         for handler in handlers:
             handler.join(max(0.0, deadline - time.monotonic()))
-        _log.info("dimse.stopped aet=%s", self._ae_title)
+        ended = not any(handler.is_alive() for handler in handlers)
+        _log.info("dimse.stopped aet=%s all_associations_ended=%s", self._ae_title, ended)
+        return ended
 
     # -- accepting -----------------------------------------------------------------------------
 

@@ -144,6 +144,17 @@ class MemoryIndex:
             instance = self._instances.get(sop_instance_uid)
             return None if instance is None else instance.location
 
+    def newest_instances(self, limit: int) -> list[InstanceLocation]:
+        """Return the last ``limit`` instances indexed, newest first."""
+        with self._lock:
+            newest: list[InstanceLocation] = []
+            for instance in reversed(self._instances.values()):
+                if len(newest) >= limit:
+                    break
+                if instance.location is not None:
+                    newest.append(instance.location)
+            return newest
+
     def _selected(self, study: str, series: str | None, sop: str | None) -> list[_Node]:
         node = self._studies.get(study)
         if node is None:

@@ -220,6 +220,17 @@ class SqlIndex:
             row = connection.execute(statement).first()
         return None if row is None else location_of(row)
 
+    def newest_instances(self, limit: int) -> list[InstanceLocation]:
+        """Return the last ``limit`` instances indexed, newest first (by row id)."""
+        statement = (
+            sa.select(*LOCATION_COLUMNS)
+            .select_from(parent_joins(Level.IMAGE, Level.STUDY))
+            .order_by(instances.c.id.desc())
+            .limit(limit)
+        )
+        with self._guard(), self._read() as connection:
+            return [location_of(row) for row in connection.execute(statement)]
+
     def _selection(
         self, columns: tuple[Any, ...], study: str, series_uid: str | None, sop: str | None
     ) -> sa.Select[*tuple[Any, ...]]:

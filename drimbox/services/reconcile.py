@@ -2,18 +2,28 @@
 
 A crash between the durable blob write and the index commit leaves an *orphan* blob (held, not
 indexed); it is invisible to every client and safe to remove. An indexed instance whose blob is
-gone (*missing*) is data loss: it is reported, never silently dropped.
+gone (*missing*) is data loss: it is reported, never silently dropped; the one exception is
+:func:`check_newest_instances`, run at start after an unclean stop, which removes (logged,
+audited) the newest rows whose blob never became durable because the box stopped mid-ingest.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from drimbox.errors import BlobNotFoundError
 from drimbox.ports import AuditLog, BlobStore, Index
 
-__all__ = ["ORPHAN_GRACE_SECONDS", "ReconcileReport", "reconcile"]
+__all__ = [
+    "NEWEST_INSTANCES_CHECKED",
+    "ORPHAN_GRACE_SECONDS",
+    "ReconcileReport",
+    "check_newest_instances",
+    "reconcile",
+]
 
 
 @dataclass(slots=True)
@@ -45,6 +55,8 @@ class ReconcileReport:
         """Whether nothing is wrong (orphans that were removed do not count)."""
         return not self.missing and len(self.orphans) == self.removed
 
+
+_log = logging.getLogger("drimbox.reconcile")
 
 ORPHAN_GRACE_SECONDS = 30.0
 """Default delay before an unindexed blob is confirmed an orphan: far longer than any put's
@@ -103,3 +115,54 @@ def reconcile(
         orphans=len(report.orphans),
     )
     return report
+
+
+NEWEST_INSTANCES_CHECKED = 512
+"""How many of the newest index rows the start-up check looks at: far more than the instances
+that can be in flight at once (one per association, 64 associations per process)."""
+
+
+def check_newest_instances(
+    blobs: BlobStore, index: Index, audit: AuditLog, *, limit: int = NEWEST_INSTANCES_CHECKED
+) -> list[str]:
+    """Remove the newest index rows whose blob is missing or shorter than indexed.
+
+    Ingest commits an instance's index row while its blob is being synced and acknowledges
+    it only once both are durable (:mod:`drimbox.services.ingest`). A power loss in between
+    can leave a row whose blob never reached the disk: a sender re-sending the instance would
+    then be told "duplicate, success" with nothing behind it. Such rows can only be among the
+    newest; the box checks them at start, before it accepts associations, and removes those
+    whose blob is missing or does not have its indexed size (journaling filesystems never
+    expose a file longer than what was written). Each removal is logged and audited.
+
+    Returns
+    -------
+    list of str
+        The SOP Instance UIDs removed.
+    """
+    removed: list[str] = []
+    for location in index.newest_instances(limit):
+        try:
+            size: int | None = blobs.size(location.blob.key)
+        except BlobNotFoundError:
+            size = None
+        if size == location.blob.size:
+            continue
+        index.remove_instance(location.sop_instance_uid)
+        removed.append(location.sop_instance_uid)
+        audit.record(
+            "dicom.instance.unindexed",
+            "warning",
+            sop_instance_uid=location.sop_instance_uid,
+            study_instance_uid=location.study_instance_uid,
+            blob_size=size,
+            indexed_size=location.blob.size,
+        )
+        _log.warning(
+            "startup.instance_unindexed sop_instance_uid=%s blob_size=%s indexed_size=%d "
+            "reason=blob not durable (crash during ingest); the sender can send it again",
+            location.sop_instance_uid,
+            size,
+            location.blob.size,
+        )
+    return removed

@@ -24,6 +24,7 @@ __all__ = [
     "Digest",
     "fsync_directory",
     "fsync_directory_in_background",
+    "fsync_in_background",
     "sha256_in_background",
     "sha256_of",
 ]
@@ -31,7 +32,7 @@ __all__ = [
 BACKGROUND_HASH_BYTES = 128 * 1024
 """Content from this size on is hashed on the hashing threads; smaller content right away."""
 
-_THREADS = 4  # per process: a hash and a directory sync per put in progress
+_THREADS = 8  # per process: a hash, a file sync and a directory sync per put in progress
 
 
 def sha256_of(buffers: Sequence[bytes]) -> str:
@@ -96,3 +97,8 @@ def fsync_directory(path: str | os.PathLike[str]) -> None:
 def fsync_directory_in_background(path: str | os.PathLike[str]) -> Future[None]:
     """Start :func:`fsync_directory` on a helper thread; its future raises what it raised."""
     return _pool().submit(fsync_directory, path)
+
+
+def fsync_in_background(fd: int) -> Future[None]:
+    """Start ``os.fsync(fd)`` on a helper thread; the caller keeps ``fd`` open until it ends."""
+    return _pool().submit(os.fsync, fd)

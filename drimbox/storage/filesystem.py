@@ -32,16 +32,20 @@ import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
 from drimbox.errors import BlobNotFoundError, StorageFullError, StorageUnavailableError
 from drimbox.model import StoredBlob
 from drimbox.storage._background import (
+    Digest,
     fsync_directory,
     fsync_directory_in_background,
+    fsync_in_background,
     sha256_in_background,
 )
+from drimbox.storage._written import DurableWrite
 from drimbox.storage.keys import FAN_OUT_DEPTH, FAN_OUT_WIDTH, fan_out, is_valid_key, new_key
 
 __all__ = ["DEFAULT_STALE_AFTER_SECONDS", "FilesystemBlobStore"]
@@ -151,6 +155,64 @@ class _FileChunks(Iterator[bytes]):
         self.close()
 
 
+class _SyncingWrite:
+    """An object written at its final path whose file and directory syncs run on helper threads.
+
+    Its file descriptor stays open until both syncs have ended.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        path: Path,
+        fd: int,
+        size: int,
+        digest: Digest,
+        syncs: tuple[Future[None], ...],
+    ) -> None:
+        self._key = key
+        self._path = path
+        self._fd = fd
+        self._size = size
+        self._digest = digest
+        self._syncs = syncs
+        self._failure: BaseException | None = None
+
+    def stored(self) -> StoredBlob:
+        """Return the object's key, size and SHA-256 (it may not be durable yet)."""
+        return StoredBlob(key=self._key, size=self._size, sha256=self._digest.result())
+
+    def wait_durable(self) -> StoredBlob:
+        """Wait for both syncs; on failure remove the object and raise a ``StorageError``."""
+        try:
+            with _translated("put"):
+                self._finish()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self._path.unlink()
+            raise
+        return self.stored()
+
+    def discard(self) -> None:
+        """Remove the object, once its syncs have ended (they must not outlive its fd)."""
+        with contextlib.suppress(BaseException):
+            self._finish()
+        with contextlib.suppress(OSError):
+            self._path.unlink()
+
+    def _finish(self) -> None:
+        if self._fd >= 0:
+            for sync in self._syncs:  # every one is waited for, even after a failure
+                try:
+                    sync.result()
+                except BaseException as error:
+                    self._failure = self._failure or error
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+        if self._failure is not None:
+            raise self._failure
+
+
 class FilesystemBlobStore:
     """A :class:`drimbox.ports.BlobStore` on a local (or mounted) POSIX filesystem.
 
@@ -244,11 +306,25 @@ class FilesystemBlobStore:
             raise
         return StoredBlob(key=key, size=size, sha256=digest.hexdigest())
 
+    def write(self, chunks: Iterable[bytes]) -> _SyncingWrite | DurableWrite:
+        """Write a new object and start its sync; see :meth:`drimbox.ports.BlobStore.write`.
+
+        A list or tuple of buffers is written at its final path and synced (file and
+        directory) on helper threads while the caller goes on; a stream is put durably at once.
+        """
+        if isinstance(chunks, list | tuple):
+            return self._write_buffers(chunks)
+        return DurableWrite(self.put(chunks), self.delete)
+
     def _put_buffers(self, buffers: Sequence[bytes]) -> StoredBlob:
-        """Write content held in memory directly at its final path (see the module docstring).
+        """Write content held in memory durably (see the module docstring)."""
+        return self._write_buffers(buffers).wait_durable()
+
+    def _write_buffers(self, buffers: Sequence[bytes]) -> _SyncingWrite:
+        """Write content held in memory directly at its final path; start its syncs.
 
         The SHA-256 of a large object is computed by another thread while this one writes and
-        syncs (both release the GIL): the digest costs no time then.
+        the file and its directory are synced (all release the GIL).
         """
         digest = sha256_in_background(buffers)
         key = new_key()
@@ -262,20 +338,13 @@ class FilesystemBlobStore:
         try:
             with _translated("put"):
                 size = _write_buffers(fd, buffers)
-                directory_synced = fsync_directory_in_background(final.parent)
-                try:
-                    os.fsync(fd)
-                finally:
-                    directory_synced.result()  # waited for even when the file's sync failed
-                written, fd = fd, -1
-                os.close(written)
         except BaseException:
-            if fd >= 0:
-                os.close(fd)
+            os.close(fd)
             with contextlib.suppress(OSError):
                 final.unlink()
             raise
-        return StoredBlob(key=key, size=size, sha256=digest.result())
+        syncs = (fsync_in_background(fd), fsync_directory_in_background(final.parent))
+        return _SyncingWrite(key, final, fd, size, digest, syncs)
 
     def _open_temporary(self, key: str) -> tuple[int, Path]:
         temporary = self._tmp / f"{key}{TEMPORARY_SUFFIX}"

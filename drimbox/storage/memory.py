@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 
 from drimbox.errors import BlobNotFoundError
 from drimbox.model import StoredBlob
+from drimbox.storage._written import DurableWrite
 from drimbox.storage.keys import new_key, validate_key
 
 __all__ = ["MemoryBlobStore"]
@@ -34,6 +35,10 @@ class MemoryBlobStore:
                 return self._objects[key]
             except KeyError:
                 raise BlobNotFoundError("no such blob") from None
+
+    def write(self, chunks: Iterable[bytes]) -> DurableWrite:
+        """Store a new object durably (see :meth:`put`): its handle is durable already."""
+        return DurableWrite(self.put(chunks), self.delete)
 
     def put(self, chunks: Iterable[bytes]) -> StoredBlob:
         """Store a new object; if ``chunks`` raises, nothing is stored and the error propagates."""

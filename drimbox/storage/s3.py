@@ -36,6 +36,7 @@ from drimbox.errors import (
     StorageUnavailableError,
 )
 from drimbox.model import StoredBlob
+from drimbox.storage._written import DurableWrite
 from drimbox.storage.keys import is_valid_key, new_key, validate_key
 
 __all__ = [
@@ -278,6 +279,10 @@ class S3BlobStore:
             except S3Error as exc:
                 if exc.code not in _BUCKET_EXISTS_CODES:  # else: created meanwhile by a peer
                     raise
+
+    def write(self, chunks: Iterable[bytes]) -> DurableWrite:
+        """Store a new object durably (see :meth:`put`): its handle is durable already."""
+        return DurableWrite(self.put(chunks), self.delete)
 
     def put(self, chunks: Iterable[bytes]) -> StoredBlob:
         """Write a new object; see :meth:`drimbox.ports.BlobStore.put`.

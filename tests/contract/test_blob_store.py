@@ -256,3 +256,30 @@ def test_a_huge_chunk_size_is_served_in_bounded_chunks(blob_store: BlobStore) ->
     data = pattern(OVER_ONE_PART)
     key = blob_store.put(chunked(data)).key
     assert b"".join(blob_store.stream(key, chunk_size=1 << 40)) == data
+
+
+def test_write_is_readable_at_once_and_durable_after_waiting(blob_store: BlobStore) -> None:
+    data = pattern(CHUNK + 3)
+    pending = blob_store.write([data[:100], data[100:]])
+    stored = pending.stored()
+    assert stored == StoredBlob(stored.key, len(data), hashlib.sha256(data).hexdigest())
+    assert b"".join(blob_store.stream(stored.key)) == data
+    assert pending.wait_durable() == stored
+    assert stored.key in set(blob_store.keys())
+
+
+def test_a_discarded_write_leaves_nothing(blob_store: BlobStore) -> None:
+    pending = blob_store.write([pattern(1000)])
+    key = pending.stored().key
+    pending.discard()
+    assert key not in set(blob_store.keys())
+    with pytest.raises(BlobNotFoundError):
+        blob_store.size(key)
+    pending.discard()  # twice is harmless
+
+
+def test_write_of_a_stream_is_durable_when_it_returns(blob_store: BlobStore) -> None:
+    data = pattern(3 * CHUNK)
+    pending = blob_store.write(chunked(data))
+    assert b"".join(blob_store.stream(pending.stored().key)) == data
+    assert pending.wait_durable().size == len(data)

@@ -492,6 +492,19 @@ def test_removing_the_last_instances_removes_empty_parents(three_studies: Index)
     assert values_of(patient, PATIENT_RELATED_STUDIES) == [2]
 
 
+def test_newest_instances_are_the_last_indexed_first(three_studies: Index) -> None:
+    index = three_studies
+    everything = index.newest_instances(100)
+    assert len(everything) == index.statistics().instances
+    newest = index.newest_instances(2)
+    assert newest == everything[:2]
+    index.remove_instance(newest[0].sop_instance_uid)
+    assert index.newest_instances(1) == [newest[1]]
+    index.reject_instances([newest[1].sop_instance_uid])
+    assert index.newest_instances(1) == [everything[2]]
+    assert index.newest_instances(0) == []
+
+
 def test_rejected_instances_disappear_but_their_bytes_are_kept(three_studies: Index) -> None:
     index = three_studies
     assert index.reject_instances(["1.1.3.2.1", "9.9.9.9"]) == 1

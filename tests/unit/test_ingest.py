@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import zlib
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,9 +27,10 @@ from drimbox.errors import (
     UnreadableInstanceError,
 )
 from drimbox.index import MemoryIndex
-from drimbox.model import AddOutcome, InstanceRecord
+from drimbox.model import AddOutcome, InstanceRecord, StoredBlob
 from drimbox.services.ingest import IngestService
-from drimbox.storage import MemoryBlobStore
+from drimbox.storage import FilesystemBlobStore, MemoryBlobStore
+from drimbox.storage._written import DurableWrite
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -45,6 +47,19 @@ class _FailingIndex(MemoryIndex):
 class _FailingBlobStore(MemoryBlobStore):
     def put(self, chunks: object) -> object:  # type: ignore[override]
         raise StorageUnavailableError("S3 is down")
+
+
+class _UnsyncableWrite(DurableWrite):
+    """A written object whose sync fails, as an fsync hitting an I/O error does."""
+
+    def wait_durable(self) -> StoredBlob:
+        self.discard()
+        raise StorageUnavailableError("fsync: input/output error")
+
+
+class _UnsyncableBlobStore(MemoryBlobStore):
+    def write(self, chunks: Iterable[bytes]) -> DurableWrite:
+        return _UnsyncableWrite(self.put(chunks), self.delete)
 
 
 def _service(
@@ -190,6 +205,39 @@ def test_blob_store_failure_raises_and_indexes_nothing() -> None:
 
     assert index.statistics().instances == 0
     assert audit.events[-1]["stage"] == "blob store"
+
+
+def test_a_blob_that_cannot_be_synced_takes_its_index_row_back() -> None:
+    service, blobs, index, audit = _service(blobs=_UnsyncableBlobStore())
+    ds = _instance()
+
+    with pytest.raises(StorageUnavailableError):
+        _store(service, ds)
+
+    assert index.get_instance(str(ds.SOPInstanceUID)) is None
+    assert index.statistics().instances == 0
+    assert list(blobs.keys()) == []
+    assert audit.events[-1]["stage"] == "blob store"
+
+
+def test_the_index_row_is_committed_while_the_blob_is_synced(tmp_path: Path) -> None:
+    seen: list[bool] = []
+
+    class _WatchedIndex(MemoryIndex):
+        def add_instance(self, record: InstanceRecord) -> AddOutcome:
+            seen.append(record.blob.key in set(blobs.keys()))  # written, readable already
+            return super().add_instance(record)
+
+    blobs = FilesystemBlobStore(tmp_path / "blobs")
+    service, _, index, _ = _service(blobs=blobs, index=_WatchedIndex())  # type: ignore[arg-type]
+    ds = _instance()
+
+    result = _store(service, ds)
+
+    assert seen == [True]
+    location = index.get_instance(str(ds.SOPInstanceUID))
+    assert location is not None and result.location == location  # type: ignore[attr-defined]
+    assert blobs.size(location.blob.key) == location.blob.size
 
 
 def test_a_failing_subscriber_does_not_fail_the_store() -> None:
