@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
+import httpx
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
 from drimbox.index import MemoryIndex
 from drimbox.web.health import create_health_router
 
 
-def _client(started: threading.Event) -> TestClient:
-    app = FastAPI()
-    app.include_router(create_health_router(MemoryIndex(), started))
-    return TestClient(app)
+async def _get(app: FastAPI, path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://box") as client:
+        return await client.get(path)
 
 
 def test_ready_only_once_every_listener_and_worker_has_started() -> None:
     started = threading.Event()
-    client = _client(started)
+    app = FastAPI()
+    app.include_router(create_health_router(MemoryIndex(), started))
 
-    assert client.get("/health/live").status_code == 200
-    starting = client.get("/health/ready")
+    assert asyncio.run(_get(app, "/health/live")).status_code == 200
+    starting = asyncio.run(_get(app, "/health/ready"))
     assert starting.status_code == 503
     assert starting.json() == {"status": "unavailable", "reason": "starting"}
 
     started.set()
-    assert client.get("/health/ready").json() == {"status": "ok"}
+    assert asyncio.run(_get(app, "/health/ready")).json() == {"status": "ok"}
 
     started.clear()  # stopping
-    assert client.get("/health/ready").status_code == 503
+    assert asyncio.run(_get(app, "/health/ready")).status_code == 503
