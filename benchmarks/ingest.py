@@ -163,7 +163,7 @@ def served_box_target(processes: int) -> Target:
             http_port=free_port(),
             hl7_port=free_port(),
             aet=BOX_AET,
-            extra_args=["--dimse-processes", str(processes)],
+            dimse_processes=processes,
         )
         box.start()
         try:

@@ -28,7 +28,7 @@ from fastapi import FastAPI
 
 from dicomweb import create_dicomweb_router
 from drimbox.audit import FileAuditLog
-from drimbox.config import Settings
+from drimbox.config import Settings, resolved_dimse_processes
 from drimbox.dimse import configure_pynetdicom
 from drimbox.dimse.pacs import DimsePacs
 from drimbox.dimse.scp import DimseServer, bind_listener
@@ -346,6 +346,7 @@ def build_box(settings: Settings, *, dimse: bool = True) -> Box:
     http_listener = _bind_http(settings)
     settings = dataclasses.replace(
         settings,
+        dimse_processes=resolved_dimse_processes(settings),
         http_port=int(http_listener.getsockname()[1]),
         dimse_port=_bind_port(settings, settings.dimse_port),
         hl7_port=_bind_port(settings, settings.hl7_port),
@@ -490,8 +491,9 @@ def run_dimse_receiver(
     """Entry point of an extra DIMSE receiver process sharing the listening socket.
 
     It builds its own adapters (each process has its own database connections) and serves
-    C-ECHO/C-STORE until SIGTERM. Instances it stores reach the main process's workers through
-    the shared index (stability is polled there).
+    C-ECHO/C-STORE until SIGTERM, or until the main process is gone (it would otherwise keep
+    the port and accept associations for a box that no longer runs). Instances it stores
+    reach the main process's workers through the shared index (stability is polled there).
     """
     configure_pynetdicom()
     blobs, index, audit = build_adapters(settings)
@@ -512,9 +514,12 @@ def run_dimse_receiver(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     server.start()
     ready.set()
+    parent = os.getppid()
     try:
         while not stop.wait(0.5):  # timed: see drimbox.cli.serve
-            pass
+            if os.getppid() != parent:  # the main process died (kill -9): do not outlive it
+                _log.warning("dimse.receiver_orphaned pid=%d: stopping", os.getpid())
+                break
     finally:
         server.stop()
         index.close()

@@ -79,7 +79,9 @@ def serve(
     ] = None,
     dimse_processes: Annotated[
         int | None,
-        typer.Option(help="DIMSE receiver processes sharing the port (default 1)."),
+        typer.Option(
+            help="DIMSE receiver processes sharing the port (default: one per CPU core, at most 4)."
+        ),
     ] = None,
     public_url: Annotated[
         str | None,
@@ -160,7 +162,12 @@ def _print_banner(settings: Settings) -> None:
     table.add_column("service")
     table.add_column("listens on")
     host = settings.host
-    table.add_row("DIMSE (C-ECHO, C-STORE)", f"{host}:{settings.dimse_port}  AE {settings.aet}")
+    processes = settings.dimse_processes
+    table.add_row(
+        "DIMSE (C-ECHO, C-STORE)",
+        f"{host}:{settings.dimse_port}  AE {settings.aet}  "
+        f"({processes} process{'es' if processes > 1 else ''})",
+    )
     table.add_row("DICOMweb", f"http://{host}:{settings.http_port}/dicom-web")
     table.add_row("HL7 v2 MLLP (ORU/MDM reports)", f"{host}:{settings.hl7_port}")
     if settings.registry_url is None:

@@ -41,7 +41,14 @@ from typing import Any
 
 from drimbox.errors import ConfigurationError
 
-__all__ = ["Peer", "Settings", "is_loopback", "load_settings"]
+__all__ = [
+    "MAX_AUTO_DIMSE_PROCESSES",
+    "Peer",
+    "Settings",
+    "is_loopback",
+    "load_settings",
+    "resolved_dimse_processes",
+]
 
 _ENV_PREFIX = "DRIMBOX_"
 _MAX_AE_TITLE_LENGTH = 16  # PS3.5 §6.2, VR AE
@@ -125,7 +132,7 @@ class Settings:
     dimse_port: int = 11112
     http_port: int = 8080
     hl7_port: int = 2575
-    dimse_processes: int = 1
+    dimse_processes: int = 0
     peers: tuple[Peer, ...] = ()
     storage_backend: str = "filesystem"
     s3_endpoint: str = ""
@@ -192,8 +199,11 @@ class Settings:
                 "production mode needs TLS and an OpenID Connect identity provider, which are not "
                 "configured; remove production = true (development mode listens on loopback only)"
             )
-        if self.dimse_processes < 1 or self.dimse_processes > 64:
-            raise ConfigurationError("dimse_processes must be between 1 and 64")
+        if self.dimse_processes < 0 or self.dimse_processes > 64:
+            raise ConfigurationError(
+                "dimse_processes must be between 1 and 64 (0: one per CPU core, at most "
+                f"{MAX_AUTO_DIMSE_PROCESSES})"
+            )
         if self.storage_backend not in ("filesystem", "s3"):
             raise ConfigurationError(
                 f'storage backend {self.storage_backend!r} is unknown: use "filesystem" or "s3"'
@@ -269,6 +279,24 @@ def load_settings(
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+MAX_AUTO_DIMSE_PROCESSES = 4
+"""Most DIMSE processes started by default (``dimse_processes = 0``)."""
+
+
+def resolved_dimse_processes(settings: Settings) -> int:
+    """The number of DIMSE receiver processes to run: the setting, or one per CPU core.
+
+    Each process has its own interpreter (no shared GIL), so parallel associations are
+    received in parallel; the operating system's CPU affinity of the box is respected.
+    """
+    if settings.dimse_processes:
+        return settings.dimse_processes
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_AUTO_DIMSE_PROCESSES))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
