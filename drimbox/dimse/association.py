@@ -42,8 +42,6 @@ from drimbox.dimse.pdu import (
     read_pdu,
 )
 from drimbox.dimse.status import StorageStatus, error_comment, storage_status_for
-from drimbox.errors import InstanceTooLargeError
-from drimbox.ports import AuditLog
 from drimbox.services.ingest import IngestService
 
 __all__ = ["SPOOL_MEMORY_BYTES", "AcceptedContext", "Association"]
@@ -140,7 +138,6 @@ class Association:
         maximum_length: int,
         source: str,
         ingest: IngestService,
-        audit: AuditLog,
     ) -> None:
         self._socket = sock
         self._reader = reader
@@ -149,7 +146,6 @@ class Association:
         self._maximum_length = maximum_length
         self._source = source
         self._ingest = ingest
-        self._audit = audit
         self._command = bytearray()
         self._pending: tuple[int, Command] | None = None  # a command waiting for its data set
         self._spool = _Spool(ingest.max_instance_bytes)
@@ -290,7 +286,9 @@ class Association:
             return StorageStatus.SOP_CLASS_NOT_SUPPORTED, error_comment(comment)
         try:
             if self._spool.too_large:
-                raise self._too_large(sop_instance_uid)
+                raise self._ingest.refuse_too_large(
+                    self._spool.size, source=self._source, sop_instance_uid=sop_instance_uid
+                )
             self._ingest.store_dataset(
                 self._spool.stream(),
                 context.transfer_syntax,
@@ -304,30 +302,6 @@ class Association:
                 _log.exception("dimse.c_store_failed source=%s", self._source)
             return status, comment
         return StorageStatus.SUCCESS, None
-
-    def _too_large(self, sop_instance_uid: str) -> InstanceTooLargeError:
-        """Refuse (log and audit, as the ingest service does) a data set over the limit."""
-        error = InstanceTooLargeError(
-            f"instance of {self._spool.size} bytes exceeds the {self._spool.limit}-byte limit "
-            "(max_instance_bytes)"
-        )
-        shown = sop_instance_uid if len(sop_instance_uid) <= 64 else None
-        self._audit.record(
-            "dicom.instance.refused",
-            "failure",
-            source=self._source,
-            sop_instance_uid=shown,
-            reason=str(error.reason),
-            detail=str(error),
-        )
-        _log.warning(
-            "ingest.refused reason=%s source=%s sop_instance_uid=%s detail=%s",
-            error.reason,
-            self._source,
-            shown,
-            error,
-        )
-        return error
 
     def _respond(
         self,

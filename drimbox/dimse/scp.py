@@ -391,7 +391,6 @@ class DimseServer:
             maximum_length=_PDU_READ_LIMIT,
             source=source,
             ingest=self._ingest,
-            audit=self._audit,
         )
 
     # -- association policy ------------------------------------------------------------------

@@ -284,6 +284,21 @@ class IngestService:
                 study_instance_uid=study_instance_uid,
             )
 
+    def refuse_too_large(
+        self, size: int, *, source: str, sop_instance_uid: str
+    ) -> InstanceTooLargeError:
+        """Record (audit, log) the refusal of a data set over the limit, never read whole.
+
+        A receiver that drains such a data set instead of keeping it calls this and answers
+        with the returned error.
+        """
+        try:
+            self._check_size(size)
+        except InstanceTooLargeError as error:
+            self._refused(error, source, sop_instance_uid)
+            return error
+        raise ValueError(f"{size} bytes is within the {self._max_instance_bytes}-byte limit")
+
     def _check_size(self, size: int) -> None:
         if size > self._max_instance_bytes:
             raise InstanceTooLargeError(
