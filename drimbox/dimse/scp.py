@@ -1,16 +1,8 @@
 """The box's DIMSE service class provider: C-ECHO and C-STORE.
 
-- **Presentation contexts**: Verification, and every storage SOP class pynetdicom knows (images,
-  SR, KOS, encapsulated PDF/CDA, waveforms...) with the transfer syntaxes of
-  :data:`STORAGE_TRANSFER_SYNTAXES`; the first syntax the requestor proposes that the box
-  supports is accepted (PS3.8 §9.3.2.2), and the data set is stored as received.
-- **AE policy** (checked on A-ASSOCIATE-RQ, PS3.8 §9.3.4): a called AE title other than the
-  box's is rejected ("called AE title not recognised"). With configured peers, only a
-  (calling AE title, address) pair of the allow-list is accepted; without peers (the
-  loopback-only development default) any calling AE title from a loopback address is. Others
-  get A-ASSOCIATE-RJ rejected-permanent, source service-user, "calling AE title not
-  recognised". Each rejection is logged and audited. Past :data:`MAXIMUM_ASSOCIATIONS`
-  concurrent associations, A-ASSOCIATE-RJ rejected-transient, "local limit exceeded".
+- **Negotiation and AE policy**: :mod:`drimbox.dimse.negotiation`; each rejection is logged and
+  audited, then sent. Past :data:`MAXIMUM_ASSOCIATIONS` concurrent associations,
+  A-ASSOCIATE-RJ rejected-transient, "local limit exceeded".
 - **Sockets**: TCP_NODELAY on every accepted socket.
 - **Several processes** (``drimbox serve --dimse-processes N``) share one listening socket
   (:func:`bind_listener`, inherited by the receiver processes). Each process waits for a
@@ -33,33 +25,12 @@ acceptor needs (PS3.8 §9.2) is small: :mod:`drimbox.dimse.pdu` and
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import selectors
 import socket
 import threading
 import time
 from typing import BinaryIO, cast
-
-from pydicom.uid import (
-    HTJ2K,
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
-from pynetdicom import AllStoragePresentationContexts
 
 from drimbox.config import Peer
 from drimbox.dicom.part10 import (
@@ -71,8 +42,13 @@ from drimbox.dimse.association import (
     AcceptedContext,
     Association,
 )
+from drimbox.dimse.negotiation import (
+    STORAGE_TRANSFER_SYNTAXES,
+    AcceptorPolicy,
+    negotiate,
+    supported_syntaxes,
+)
 from drimbox.dimse.pdu import (
-    APPLICATION_CONTEXT_NAME,
     AbortReason,
     AssociateRequest,
     ContextResult,
@@ -83,11 +59,6 @@ from drimbox.dimse.pdu import (
     encode_associate_accept,
     encode_associate_reject,
     read_pdu,
-)
-from drimbox.dimse.status import (
-    ASSOCIATE_RJ_RESULT_REJECTED_PERMANENT,
-    ASSOCIATE_RJ_SOURCE_SERVICE_USER,
-    AssociateRejectReason,
 )
 from drimbox.ports import AuditLog
 from drimbox.services.ingest import IngestService
@@ -102,26 +73,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("drimbox.dimse")
-
-STORAGE_TRANSFER_SYNTAXES = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    HTJ2K,
-    RLELossless,
-)
-"""Transfer syntaxes accepted for storage (PS3.5 §10, Annex A); data sets are kept as received."""
 
 MAXIMUM_ASSOCIATIONS = 64
 """Concurrent associations served; more are rejected-transient (PS3.8 §9.3.4)."""
@@ -142,21 +93,6 @@ _ACCEPT_POLL_SECONDS = 0.2
 _STOP_TIMEOUT_SECONDS = 5.0
 _READ_BUFFER_BYTES = 256 << 10
 _LISTEN_BACKLOG = 128
-
-_VERIFICATION_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-_RESULT_REJECTED_TRANSIENT = 0x02  # PS3.8 §9.3.4 Result
-_SOURCE_PROVIDER_ACSE = 0x02  # PS3.8 §9.3.4 Source: service-provider (ACSE related)
-_SOURCE_PROVIDER_PRESENTATION = 0x03  # service-provider (presentation related)
-_REASON_APPLICATION_CONTEXT_NOT_SUPPORTED = 0x02  # source service-user
-_REASON_PROTOCOL_VERSION_NOT_SUPPORTED = 0x02  # source provider ACSE
-_REASON_LOCAL_LIMIT_EXCEEDED = 0x02  # source provider presentation
-
-
-def _supported_syntaxes() -> dict[str, tuple[str, ...]]:
-    supported = {VERIFICATION_SOP_CLASS: tuple(map(str, _VERIFICATION_TRANSFER_SYNTAXES))}
-    for context in AllStoragePresentationContexts:
-        supported[str(context.abstract_syntax)] = tuple(map(str, STORAGE_TRANSFER_SYNTAXES))
-    return supported
 
 
 class DimseServer:
@@ -201,8 +137,8 @@ class DimseServer:
         self._ingest = ingest
         self._audit = audit
         self._shared_listener = listener
-        self._allowed = _resolve_peers(peers)
-        self._supported = _supported_syntaxes()
+        self._policy = AcceptorPolicy(ae_title, peers)
+        self._supported = supported_syntaxes()
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -360,7 +296,7 @@ class DimseServer:
         if not self._admit(sock, request, address):
             reader.close()
             return None
-        contexts = self._negotiate(request)
+        contexts = negotiate(request, self._supported)
         sock.sendall(
             encode_associate_accept(
                 request,
@@ -397,42 +333,15 @@ class DimseServer:
 
     def _admit(self, sock: socket.socket, request: AssociateRequest, address: str) -> bool:
         """Send A-ASSOCIATE-RJ (logged, audited) and return ``False`` when refused."""
-        if not request.supports_protocol_version:
-            result, source, reason, why = (
-                ASSOCIATE_RJ_RESULT_REJECTED_PERMANENT,
-                _SOURCE_PROVIDER_ACSE,
-                _REASON_PROTOCOL_VERSION_NOT_SUPPORTED,
-                "protocol_version_not_supported",
-            )
-        elif request.application_context != APPLICATION_CONTEXT_NAME:
-            result, source, reason, why = (
-                ASSOCIATE_RJ_RESULT_REJECTED_PERMANENT,
-                ASSOCIATE_RJ_SOURCE_SERVICE_USER,
-                _REASON_APPLICATION_CONTEXT_NOT_SUPPORTED,
-                "application_context_name_not_supported",
-            )
-        elif (policy := self._rejection_reason(request, address)) is not None:
-            result, source, reason, why = (
-                ASSOCIATE_RJ_RESULT_REJECTED_PERMANENT,
-                ASSOCIATE_RJ_SOURCE_SERVICE_USER,
-                int(policy),
-                policy.name.lower(),
-            )
-        elif self._over_limit():
-            result, source, reason, why = (
-                _RESULT_REJECTED_TRANSIENT,
-                _SOURCE_PROVIDER_PRESENTATION,
-                _REASON_LOCAL_LIMIT_EXCEEDED,
-                "local_limit_exceeded",
-            )
-        else:
+        rejection = self._policy.rejection(request, address, over_limit=self._over_limit())
+        if rejection is None:
             return True
         _log.warning(
             "dimse.association_rejected calling_aet=%s called_aet=%s address=%s reason=%s",
             request.calling_ae_title,
             request.called_ae_title,
             address,
-            why,
+            rejection.why,
         )
         self._audit.record(
             "dicom.association.rejected",
@@ -440,49 +349,15 @@ class DimseServer:
             calling_aet=request.calling_ae_title,
             called_aet=request.called_ae_title,
             address=address,
-            reason=why,
+            reason=rejection.why,
         )
-        _send_quietly(sock, encode_associate_reject(result, source, reason))  # after the audit
+        reject = encode_associate_reject(rejection.result, rejection.source, rejection.reason)
+        _send_quietly(sock, reject)  # after the audit
         return False
 
     def _over_limit(self) -> bool:
         with self._lock:
             return len(self._active) > MAXIMUM_ASSOCIATIONS
-
-    def _rejection_reason(
-        self, request: AssociateRequest, address: str
-    ) -> AssociateRejectReason | None:
-        if request.called_ae_title != self._ae_title:
-            return AssociateRejectReason.CALLED_AE_TITLE_NOT_RECOGNIZED
-        if self._allowed:
-            if (request.calling_ae_title, _normalise_address(address)) in self._allowed:
-                return None
-            return AssociateRejectReason.CALLING_AE_TITLE_NOT_RECOGNIZED
-        if _is_loopback(address):
-            return None
-        return AssociateRejectReason.CALLING_AE_TITLE_NOT_RECOGNIZED
-
-    def _negotiate(self, request: AssociateRequest) -> list[tuple[int, ContextResult, str, str]]:
-        """Answer each proposed context: (ID, result, transfer syntax, abstract syntax)."""
-        answers: list[tuple[int, ContextResult, str, str]] = []
-        seen: set[int] = set()
-        for proposed in request.contexts:
-            if proposed.context_id in seen:
-                continue  # a duplicated ID: the first proposal is the one answered
-            seen.add(proposed.context_id)
-            echoed = proposed.transfer_syntaxes[0] if proposed.transfer_syntaxes else ""
-            supported = self._supported.get(proposed.abstract_syntax)
-            if supported is None:
-                result, syntax = ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED, echoed
-            else:
-                chosen = next((s for s in proposed.transfer_syntaxes if s in supported), None)
-                result, syntax = (
-                    (ContextResult.ACCEPTANCE, chosen)
-                    if chosen is not None
-                    else (ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED, echoed)
-                )
-            answers.append((proposed.context_id, result, syntax, proposed.abstract_syntax))
-        return answers
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -508,33 +383,3 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
 def _shutdown(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-
-
-def _resolve_peers(peers: tuple[Peer, ...]) -> frozenset[tuple[str, str]]:
-    allowed: set[tuple[str, str]] = set()
-    for peer in peers:
-        try:
-            infos = socket.getaddrinfo(peer.host, None, proto=socket.IPPROTO_TCP)
-            addresses = {_normalise_address(str(info[4][0])) for info in infos}
-        except OSError:
-            _log.warning("dimse.peer_unresolved aet=%s host=%s", peer.aet, peer.host)
-            addresses = {_normalise_address(peer.host)}
-        allowed.update((peer.aet, address) for address in addresses)
-    return frozenset(allowed)
-
-
-def _normalise_address(address: str) -> str:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(_normalise_address(address)).is_loopback
-    except ValueError:
-        return False
