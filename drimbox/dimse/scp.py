@@ -297,15 +297,19 @@ class DimseServer:
             reader.close()
             return None
         contexts = negotiate(request, self._supported)
-        sock.sendall(
-            encode_associate_accept(
-                request,
-                [(context_id, result, syntax) for context_id, result, syntax, _ in contexts],
-                maximum_length=MAXIMUM_PDU_LENGTH,
-                implementation_class_uid=DRIMBOX_IMPLEMENTATION_CLASS_UID,
-                implementation_version_name=DRIMBOX_IMPLEMENTATION_VERSION_NAME,
-            )
+        accept = encode_associate_accept(
+            request,
+            [(context_id, result, syntax) for context_id, result, syntax, _ in contexts],
+            maximum_length=MAXIMUM_PDU_LENGTH,
+            implementation_class_uid=DRIMBOX_IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=DRIMBOX_IMPLEMENTATION_VERSION_NAME,
         )
+        try:
+            sock.sendall(accept)
+        except OSError as error:
+            _log.info("dimse.association_request_lost address=%s error=%s", address, error)
+            reader.close()
+            return None
         accepted = {
             context_id: AcceptedContext(abstract, syntax)
             for context_id, result, syntax, abstract in contexts
