@@ -11,6 +11,8 @@ with the writer. ``LIKE`` is made case-sensitive, as PS3.4 §C.2.2.2.4 wildcard 
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,7 @@ def sqlite_engine(url: str, begin: str, busy_timeout: float = DEFAULT_BUSY_TIMEO
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * _MILLISECONDS)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _use_wal(cursor, busy_timeout)
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA case_sensitive_like = ON")
@@ -62,6 +64,30 @@ def sqlite_engine(url: str, begin: str, busy_timeout: float = DEFAULT_BUSY_TIMEO
         connection.exec_driver_sql(begin)
 
     return engine
+
+
+_WAL_RETRY_SECONDS = 0.01
+
+
+def _use_wal(cursor: Any, busy_timeout: float) -> None:
+    """Put the database in WAL mode (persistent: usually done by the first connection ever).
+
+    Changing the journal mode needs an exclusive lock and SQLite does not call the busy
+    handler for it: several connections opened at once (several processes starting on a new
+    file) would get "database is locked". The mode is read first (a shared lock suffices), and
+    the change is retried within the busy timeout.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(_WAL_RETRY_SECONDS)
 
 
 def _file_url(url_or_path: str | Path) -> str:

@@ -16,7 +16,7 @@ from drimbox.index import MemoryIndex, SqliteIndex, open_index
 from drimbox.index._schema import metadata
 from drimbox.index.sqlite import sqlite_engine
 
-OPENERS = 4
+OPENERS = 8
 SQLITE_SYNCHRONOUS_FULL = 2
 """``PRAGMA synchronous`` value of FULL (sqlite.org/pragma.html#pragma_synchronous)."""
 
