@@ -48,6 +48,7 @@ from drimbox.services.reconcile import check_newest_instances
 from drimbox.services.retrieve import RetrieveService
 from drimbox.services.stability import StabilityMonitor
 from drimbox.services.worker import PollingWorker
+from drimbox.storage._background import fsync_directory
 from drimbox.storage.filesystem import FilesystemBlobStore
 from drimbox.web.health import create_health_router
 from registry.client import RegistryClient
@@ -140,7 +141,6 @@ class Box:
     _http_thread: threading.Thread | None = None
     _receivers: list[multiprocessing.process.BaseProcess] = field(default_factory=list)
     _maintenance: list[PollingWorker] = field(default_factory=list)
-    _started: bool = False
 
     @property
     def dimse_port(self) -> int:
@@ -179,7 +179,6 @@ class Box:
         ]
         for task in self._maintenance:
             task.start()
-        self._started = True
         self.started.set()
         self.audit.record(
             "box.start", "success", aet=self.settings.aet, dimse_port=self.dimse_port,
@@ -188,6 +187,7 @@ class Box:
 
     def stop(self) -> None:
         """Stop listeners and workers, then release the adapters. Idempotent."""
+        was_running = self.started.is_set()
         self.started.clear()
         for task in self._maintenance:
             task.stop()
@@ -213,9 +213,8 @@ class Box:
             quiesced = quiesced and not self._http_thread.is_alive()
             self._http_server = None
         self.http_listener.close()
-        if self._started and quiesced:
+        if was_running and quiesced:
             _write_clean_stop_marker(self.settings.data_dir)
-        self._started = False
         self.registry.close()
         self.publications.close()
         self.index.close()
@@ -226,7 +225,7 @@ class Box:
         marker = self.settings.data_dir / CLEAN_STOP_MARKER
         if marker.exists():
             marker.unlink()
-            _fsync_directory(self.settings.data_dir)  # a crash from now on is seen as one
+            fsync_directory(self.settings.data_dir)  # a crash from now on is seen as one
             return
         removed = check_newest_instances(self.blobs, self.index, self.audit)
         _log.info("box.unclean_stop_checked removed=%d", len(removed))
@@ -285,15 +284,7 @@ def _write_clean_stop_marker(data_dir: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_directory(data_dir)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(data_dir)
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> bool:

@@ -292,19 +292,21 @@ class IngestService:
         A receiver that drains such a data set instead of keeping it calls this and answers
         with the returned error.
         """
-        try:
-            self._check_size(size)
-        except InstanceTooLargeError as error:
-            self._refused(error, source, sop_instance_uid)
-            return error
-        raise ValueError(f"{size} bytes is within the {self._max_instance_bytes}-byte limit")
+        if size <= self._max_instance_bytes:
+            raise ValueError(f"{size} bytes is within the {self._max_instance_bytes}-byte limit")
+        error = self._too_large(size)
+        self._refused(error, source, sop_instance_uid)
+        return error
 
     def _check_size(self, size: int) -> None:
         if size > self._max_instance_bytes:
-            raise InstanceTooLargeError(
-                f"instance of {size} bytes exceeds the {self._max_instance_bytes}-byte limit "
-                "(max_instance_bytes)"
-            )
+            raise self._too_large(size)
+
+    def _too_large(self, size: int) -> InstanceTooLargeError:
+        return InstanceTooLargeError(
+            f"instance of {size} bytes exceeds the {self._max_instance_bytes}-byte limit "
+            "(max_instance_bytes)"
+        )
 
     def _store(
         self,

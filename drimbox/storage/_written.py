@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -38,7 +37,7 @@ class DurableWrite:
 
     def discard(self) -> None:
         """Delete the object; a failure is logged (the orphan is found by ``drimbox verify``)."""
-        with contextlib.suppress(Exception):
+        try:
             self._delete(self._blob.key)
-            return
-        _log.error("storage.discard_failed key=%s", self._blob.key)
+        except Exception as error:
+            _log.error("storage.discard_failed key=%s error=%s", self._blob.key, error)
