@@ -56,8 +56,6 @@ MAXIMUM_COMMAND_BYTES = 64 << 10
 
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
-_READ_BUFFER_BYTES = 256 << 10
-
 
 @dataclass(frozen=True)
 class AcceptedContext:

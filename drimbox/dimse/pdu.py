@@ -277,10 +277,6 @@ def _pdu(pdu_type: PduType, body: bytes) -> bytes:
     return _PDU_HEADER.pack(pdu_type, len(body)) + body
 
 
-def _even_uid(uid: str) -> bytes:
-    return uid.encode("ascii")
-
-
 def encode_associate_accept(
     request: AssociateRequest,
     results: list[tuple[int, ContextResult, str]],
@@ -311,12 +307,12 @@ def encode_associate_accept(
     items = [_item(_Item.APPLICATION_CONTEXT, APPLICATION_CONTEXT_NAME.encode("ascii"))]
     for context_id, result, syntax in results:
         value = bytes((context_id, 0, int(result), 0)) + _item(
-            _Item.TRANSFER_SYNTAX, _even_uid(syntax)
+            _Item.TRANSFER_SYNTAX, syntax.encode("ascii")
         )
         items.append(_item(_Item.PRESENTATION_CONTEXT_AC, value))
     user = (
         _item(_Item.MAXIMUM_LENGTH, struct.pack(">I", maximum_length))
-        + _item(_Item.IMPLEMENTATION_CLASS_UID, _even_uid(implementation_class_uid))
+        + _item(_Item.IMPLEMENTATION_CLASS_UID, implementation_class_uid.encode("ascii"))
         + _item(_Item.IMPLEMENTATION_VERSION_NAME, implementation_version_name.encode("ascii"))
     )
     items.append(_item(_Item.USER_INFORMATION, user))

@@ -132,7 +132,6 @@ class DimseServer:
     ) -> None:
         self._ae_title = ae_title
         self._address = (host, port)
-        self._peers = peers
         self._loopback_only = loopback_only
         self._ingest = ingest
         self._audit = audit
