@@ -13,7 +13,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -149,6 +149,14 @@ def establish(sock: socket.socket, **kwargs: object) -> A_ASSOCIATE_AC:
     return accept
 
 
+def reject_of(data: bytes) -> tuple[int, int, int]:
+    """Result, source and reason of an A-ASSOCIATE-RJ, decoded by pynetdicom."""
+    reject = A_ASSOCIATE_RJ()
+    reject.decode(data)
+    assert reject.reason_diagnostic is not None
+    return int(reject.result), int(reject.source), int(reject.reason_diagnostic)
+
+
 def expect_abort(sock: socket.socket, reason: int) -> None:
     pdu_type, data = read_pdu(sock)
     assert pdu_type == 0x07
@@ -207,9 +215,7 @@ def test_unacceptable_requests_get_a_reject_with_the_reason(
         sock.sendall(associate_rq([(VERIFICATION, [IMPLICIT_LE])], **request_options))  # type: ignore[arg-type]
         pdu_type, data = read_pdu(sock)
     assert pdu_type == 0x03
-    reject = A_ASSOCIATE_RJ()
-    reject.decode(data)
-    assert (reject.result, reject.source, reject.reason_diagnostic) == (0x01, source, reason)
+    assert reject_of(data) == (0x01, source, reason)
     assert box_node.audit.events[-1]["event"] == "dicom.association.rejected"
 
 
@@ -218,17 +224,13 @@ def test_associations_over_the_limit_are_rejected_transiently(
     box_node: BoxNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(scp, "MAXIMUM_ASSOCIATIONS", 1)
-    stack = ExitStack()
     with connected(box_node) as first:
         establish(first)
-        second = stack.enter_context(connected(box_node))
-        second.sendall(associate_rq([(VERIFICATION, [IMPLICIT_LE])]))
-        pdu_type, data = read_pdu(second)
+        with connected(box_node) as second:
+            second.sendall(associate_rq([(VERIFICATION, [IMPLICIT_LE])]))
+            pdu_type, data = read_pdu(second)
     assert pdu_type == 0x03
-    stack.close()
-    reject = A_ASSOCIATE_RJ()
-    reject.decode(data)
-    assert (reject.result, reject.source, reject.reason_diagnostic) == (0x02, 0x03, 0x02)
+    assert reject_of(data) == (0x02, 0x03, 0x02)
 
 
 @pytest.mark.integration
