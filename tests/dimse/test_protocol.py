@@ -149,12 +149,11 @@ def establish(sock: socket.socket, **kwargs: object) -> A_ASSOCIATE_AC:
     return accept
 
 
-def reject_of(data: bytes) -> tuple[int, int, int]:
+def reject_of(data: bytes) -> tuple[object, object, object]:
     """Result, source and reason of an A-ASSOCIATE-RJ, decoded by pynetdicom."""
     reject = A_ASSOCIATE_RJ()
     reject.decode(data)
-    assert reject.reason_diagnostic is not None
-    return int(reject.result), int(reject.source), int(reject.reason_diagnostic)
+    return reject.result, reject.source, reject.reason_diagnostic
 
 
 def expect_abort(sock: socket.socket, reason: int) -> None:
