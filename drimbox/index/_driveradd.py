@@ -14,13 +14,21 @@ was committed), which lets PostgreSQL pools skip the ``SELECT 1`` ping before ea
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import sqlalchemy as sa
 
-from drimbox.index._sqladd import POSTGRESQL, Statement, add_statements, finish_add, run_add
+from drimbox.index._sqladd import (
+    POSTGRESQL,
+    Statement,
+    add_statements,
+    finish_add,
+    returned_lengths,
+    run_add,
+)
 from drimbox.index._sqlwrite import DuplicateInstanceError
 
 __all__ = ["CONNECTION_ATTEMPTS", "SQLITE_BEGIN_WRITE", "DriverAdd"]
@@ -155,7 +163,14 @@ class DriverAdd:
             connection.commit()
             raise DuplicateInstanceError(values["SOPInstanceUID"])
         inserted = row[-1]
-        rows = (None, row[0:2], row[2:7], row[7:11], None if inserted is None else (inserted,))
+        patient_end, study_end, series_end = itertools.accumulate(returned_lengths())
+        rows = (
+            None,
+            row[:patient_end],
+            row[patient_end:study_end],
+            row[study_end:series_end],
+            None if inserted is None else (inserted,),
+        )
 
         def execute(statement: Statement, parameters: dict[str, Any]) -> Sequence[Any] | None:
             cursor.execute(statement.text, parameters)

@@ -10,16 +10,19 @@ Statements, in lock order (patient, study, series, instance):
 
 1. is the SOP Instance UID held already, or rejected (IOCM tombstone)? (SQLite stops there:
    a duplicate writes nothing);
-2. upsert the patient, 3. the study, 4. the series: count the instance, fill attributes still
-   empty (the first non-empty value wins); each parent key is found by its unique key, so the
-   statements do not depend on one another's results and are sent together (PostgreSQL
-   pipeline: one round trip);
+2. upsert the patient, 3. the study, 4. the series: count the instance and return the row's
+   attributes as they were; each parent key is found by its unique key, so the statements
+   do not depend on one another's results and are sent together (PostgreSQL pipeline: one
+   round trip). The upserts set counters only, never an indexed attribute, so an existing row's
+   indexes are left alone (SQLite rewrites the entries of every index whose columns a ``SET``
+   names; PostgreSQL can then update the row in place);
 5. insert the instance, ``ON CONFLICT DO NOTHING`` on its unique SOP Instance UID: concurrent
    adds of one instance (threads or processes) give one row, the others see a duplicate.
 
 The results then decide: duplicate or rejected (roll back), series or study under other parents
-(roll back, :class:`ReparentError`), or a few more statements when a series or study is new
-(study lists, patient counters) before the commit.
+(roll back, :class:`ReparentError`), or a few more statements before the commit: a parent's
+empty attributes this instance has a value for are filled (the first non-empty value wins),
+and a new series or study updates the study lists and the patient counters.
 """
 
 # The SQL text is built from the schema's table and column names only; every value is a bound
@@ -42,7 +45,15 @@ from drimbox.index._records import list_with
 from drimbox.index._schema import instances, patients, rejected_instances, series, studies
 from drimbox.index._sqlwrite import DuplicateInstanceError, ReparentError
 
-__all__ = ["POSTGRESQL", "AddStatements", "Statement", "add_statements", "finish_add", "run_add"]
+__all__ = [
+    "POSTGRESQL",
+    "AddStatements",
+    "Statement",
+    "add_statements",
+    "finish_add",
+    "returned_lengths",
+    "run_add",
+]
 
 POSTGRESQL = "postgresql"
 
@@ -130,6 +141,9 @@ class AddStatements:
     instance: Statement
     combined: Statement | None
     study_lists: Statement
+    fill_patient: Statement
+    fill_study: Statement
+    fill_series: Statement
     patient_counts: Statement
     parents_of_study: Statement
 
@@ -140,6 +154,12 @@ def _quoted(name: str) -> str:
 
 def _attribute_names(table: sa.Table) -> list[str]:
     return [column.name for column in table.columns if column.name not in _MANAGED_COLUMNS]
+
+
+@cache
+def fillable(table: sa.Table) -> tuple[str, ...]:
+    """A parent table's attributes that a later instance may fill (not its identity)."""
+    return tuple(name for name in _attribute_names(table) if name not in _IDENTITY_COLUMNS)
 
 
 class _Sql:
@@ -161,8 +181,11 @@ class _Sql:
         returning: tuple[str, ...],
         source: str | None,
     ) -> str:
-        """``INSERT ... ON CONFLICT (keys) DO UPDATE``: fill empty attributes, apply updates.
+        """``INSERT ... ON CONFLICT (keys) DO UPDATE``: apply ``updates`` only.
 
+        Returns the ``returning`` columns, then the fillable attributes (:func:`fillable`):
+        the caller compares them to the instance's. (Not ``"name" IS NULL`` flags: SQLite
+        3.40.1 evaluates them wrongly in this ``RETURNING`` clause, 0 for a NULL column.)
         ``source``: ``None`` for ``VALUES (...)``, else the end of ``SELECT <values> ...``
         (a ``FROM`` or ``WHERE`` clause: no row, no insert).
         """
@@ -170,18 +193,22 @@ class _Sql:
         names = [*attributes, *managed]
         values = [self.value(table, name, source) for name in attributes]
         values.extend(managed.values())
-        changes = [
-            f"{_quoted(name)} = coalesce({table.name}.{_quoted(name)}, excluded.{_quoted(name)})"
-            for name in attributes
-            if name not in _IDENTITY_COLUMNS
-        ]
-        changes.extend(f"{_quoted(name)} = {change}" for name, change in updates.items())
+        changes = [f"{_quoted(name)} = {change}" for name, change in updates.items()]
+        current = [f"{_quoted(name)} AS {_quoted(_CURRENT + name)}" for name in fillable(table)]
         return (
             f"INSERT INTO {table.name} ({', '.join(map(_quoted, names))}) "
             f"{_rows(values, source)} "
             f"ON CONFLICT ({', '.join(map(_quoted, keys))}) DO UPDATE SET {', '.join(changes)} "
-            f"RETURNING {', '.join(map(_quoted, returning))}"
+            f"RETURNING {', '.join([*map(_quoted, returning), *current])}"
         )
+
+    def fill(self, table: sa.Table) -> str:
+        """``UPDATE``: give the row's empty attributes this instance's values."""
+        changes = [
+            f"{_quoted(name)} = coalesce({_quoted(name)}, {self.parameter(name)})"
+            for name in fillable(table)
+        ]
+        return f"UPDATE {table.name} SET {', '.join(changes)} WHERE id = {self.parameter('pk')}"
 
     def value(self, table: sa.Table, name: str, source: str | None) -> str:
         """The parameter of column ``name``; typed in a ``SELECT`` (a NULL there is text)."""
@@ -275,6 +302,17 @@ _STUDY_RETURNING = (
     "sop_classes_in_study",
 )
 _SERIES_RETURNING = ("id", "number_of_instances", "study_pk", "Modality")
+_CURRENT = "current_"
+"""Prefix of the fillable attributes returned by the upserts (a CTE's column names)."""
+
+
+def returned_lengths() -> tuple[int, int, int]:
+    """Columns returned by the patient, study and series upserts."""
+    return (
+        len(_PATIENT_RETURNING) + len(fillable(patients)),
+        len(_STUDY_RETURNING) + len(fillable(studies)),
+        len(_SERIES_RETURNING) + len(fillable(series)),
+    )
 
 
 def _combined(sql: _Sql, held_or_rejected: str) -> str:
@@ -290,9 +328,13 @@ def _combined(sql: _Sql, held_or_rejected: str) -> str:
         (f"WHERE NOT EXISTS ({held_or_rejected})", "FROM p", "FROM s", "FROM se"),
     )
     columns = [
-        *(f"p.{_quoted(name)}" for name in _PATIENT_RETURNING),
-        *(f"s.{_quoted(name)}" for name in _STUDY_RETURNING),
-        *(f"se.{_quoted(name)}" for name in _SERIES_RETURNING),
+        f"{alias}.{_quoted(name)}"
+        for alias, table, returning in (
+            ("p", patients, _PATIENT_RETURNING),
+            ("s", studies, _STUDY_RETURNING),
+            ("se", series, _SERIES_RETURNING),
+        )
+        for name in (*returning, *(_CURRENT + name for name in fillable(table)))
     ]
     return (
         f"WITH p AS ({patient}), s AS ({study}), se AS ({series_upsert}), i AS ({instance}) "
@@ -327,6 +369,9 @@ def add_statements(dialect: str) -> AddStatements:
         series=statement(series_upsert),
         instance=statement(instance),
         combined=statement(_combined(sql, held_or_rejected)) if dialect == POSTGRESQL else None,
+        fill_patient=statement(sql.fill(patients)),
+        fill_study=statement(sql.fill(studies)),
+        fill_series=statement(sql.fill(series)),
         study_lists=statement(
             "UPDATE studies SET number_of_series = number_of_series + "
             f"{parameter('new_series')}, modalities_in_study = {parameter('modalities')}, "
@@ -380,13 +425,24 @@ def finish_add(
     if held_or_rejected is not None or inserted is None:
         raise DuplicateInstanceError(values["SOPInstanceUID"])
     assert patient is not None and study is not None and series_row is not None
-    patient_pk, patient_count = patient
-    study_pk, study_count, study_patient_pk, study_modalities, study_sop_classes = study
-    series_count, series_study_pk, series_modality = series_row[1:]
+    patient_pk, patient_count = patient[: len(_PATIENT_RETURNING)]
+    study_pk, study_count, study_patient_pk, study_modalities, study_sop_classes = study[
+        : len(_STUDY_RETURNING)
+    ]
+    series_pk, series_count, series_study_pk, series_modality = series_row[: len(_SERIES_RETURNING)]
     if study_patient_pk != patient_pk:
         raise _reparent(statements, execute, study_pk)
     if series_study_pk != study_pk:
         raise _reparent(statements, execute, series_study_pk)
+    for row, returned, table, fill, pk in (
+        (patient, _PATIENT_RETURNING, patients, statements.fill_patient, patient_pk),
+        (study, _STUDY_RETURNING, studies, statements.fill_study, study_pk),
+        (series_row, _SERIES_RETURNING, series, statements.fill_series, series_pk),
+    ):
+        if _fills(row[len(returned) :], table, values):
+            execute(fill, {**values, "pk": pk})
+    if series_modality is None:
+        series_modality = values["Modality"]  # filled just now, if the instance has one
     new_study = int(study_count == 1)
     new_series = int(series_count == 1)
     if not new_study:
@@ -407,6 +463,21 @@ def finish_add(
             statements.patient_counts,
             {"patient_pk": patient_pk, "new_series": new_series, "new_study": new_study},
         )
+
+
+def _fills(current: Sequence[Any], table: sa.Table, values: dict[str, Any]) -> bool:
+    """Whether an instance with ``values`` has a value for some empty attribute of its parent."""
+    if None not in current:  # the usual case once a parent is complete: one scan in C
+        return False
+    received = _fillable_values(table)(values)
+    return any(
+        held is None and value is not None for held, value in zip(current, received, strict=True)
+    )
+
+
+@cache
+def _fillable_values(table: sa.Table) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    return _picker(fillable(table))
 
 
 def _reparent(statements: AddStatements, execute: Execute, study_pk: int) -> ReparentError:

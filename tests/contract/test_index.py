@@ -239,6 +239,23 @@ def test_study_attributes_keep_the_first_value_and_fill_empty_ones(index: Index)
     assert values_of(match, ACCESSION_NUMBER) == ["ACC9"]
 
 
+def test_patient_and_series_attributes_fill_empty_ones_and_keep_the_rest(index: Index) -> None:
+    index.add_instance(record("1.2.3.1.1", PatientBirthDate=None, Modality=None, SeriesNumber="1"))
+    index.add_instance(record("1.2.3.1.2", PatientBirthDate="19800202", SeriesNumber="7"))
+    (study,) = index.search(Query(level=Level.STUDY)).matches
+    assert values_of(study, MODALITIES_IN_STUDY) == ["CT"]  # the series' modality, just filled
+    index.add_instance(record("1.2.3.1.3", PatientBirthDate="19900303", Modality="MR"))
+    (patient,) = index.search(Query(level=Level.PATIENT)).matches
+    assert values_of(patient, "00100030") == ["19800202"]
+    (series,) = index.search(Query(level=Level.SERIES)).matches
+    assert values_of(series, "00080060") == ["CT"]
+    assert values_of(series, SERIES_NUMBER) == [1]
+    (study,) = index.search(Query(level=Level.STUDY)).matches
+    assert values_of(study, MODALITIES_IN_STUDY) == ["CT"]
+    born = Query(level=Level.PATIENT, filters={"PatientBirthDate": "19800202"})
+    assert index.search(born).matches
+
+
 def test_instance_of_a_known_study_stays_under_the_study_patient(index: Index) -> None:
     index.add_instance(record("1.2.3.1.1", PatientID="FIRST"))
     assert index.add_instance(record("1.2.3.2.1", "1.2.3.2", PatientID="OTHER")) is (
