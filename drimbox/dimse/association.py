@@ -4,7 +4,10 @@ The thread reads PDUs, reassembles each DIMSE message from its PDV fragments (PS
 E) and handles it at once: a C-STORE data set goes straight from the socket into a spool
 (memory up to :data:`SPOOL_MEMORY_BYTES`, then a temporary file), is handed to the ingest
 service, and the C-STORE-RSP is sent when the instance is durable and indexed. No queue, no
-other thread: one message costs one pass through this loop.
+other thread: one message costs one pass through this loop. What the ingest service defers
+(the stored instance's audit record and subscribers) runs right after the response, while the
+sender prepares its next request, and always before the next PDU is read: when the release is
+answered, every instance of the association has been announced.
 
 Protocol violations (a PDU out of place, a fragment on a context that was not accepted, a
 command that cannot be decoded) abort the association (PS3.8 §9.3.8), with a log line saying
@@ -19,6 +22,7 @@ import io
 import logging
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -249,8 +253,13 @@ class Association:
     def _on_message(self, context_id: int, command: Command) -> None:
         context = self._contexts[context_id]
         if command.command_field == CommandField.C_STORE_RQ and command.has_data_set:
-            status, comment = self._store(context, command)
-            self._respond(context_id, command, CommandField.C_STORE_RSP, status, comment)
+            deferred: list[Callable[[], None]] = []
+            try:
+                status, comment = self._store(context, command, deferred)
+                self._respond(context_id, command, CommandField.C_STORE_RSP, status, comment)
+            finally:
+                for announce in deferred:  # after the answer: off the sender's critical path
+                    announce()
         elif command.command_field == CommandField.C_ECHO_RQ:
             if context.abstract_syntax == VERIFICATION_SOP_CLASS:
                 status, comment = StorageStatus.SUCCESS, None
@@ -269,7 +278,7 @@ class Association:
             )
 
     def _store(
-        self, context: AcceptedContext, command: Command
+        self, context: AcceptedContext, command: Command, deferred: list[Callable[[], None]]
     ) -> tuple[StorageStatus, str | None]:
         sop_instance_uid = command.affected_sop_instance_uid
         if command.affected_sop_class_uid != context.abstract_syntax:
@@ -293,6 +302,7 @@ class Association:
                 sop_class_uid=command.affected_sop_class_uid,
                 sop_instance_uid=sop_instance_uid,
                 source=self._source,
+                deferred=deferred,
             )
         except Exception as error:
             status, comment = storage_status_for(error)

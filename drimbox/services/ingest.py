@@ -35,6 +35,7 @@ Policy
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import logging
@@ -138,6 +139,7 @@ class IngestService:
         sop_class_uid: str,
         sop_instance_uid: str,
         source: str,
+        deferred: list[Callable[[], None]] | None = None,
     ) -> StoreResult:
         """Store a data set received by C-STORE.
 
@@ -152,6 +154,12 @@ class IngestService:
             Affected SOP Class/Instance UID of the C-STORE request.
         source
             Who sent it (e.g. ``AE@host``), for the audit trail.
+        deferred
+            When given, the announcement of a newly stored instance (its audit record, its log
+            line, the subscribers' calls) is appended to it instead of being made, for the
+            caller to run once it has answered the sender: that work then overlaps the
+            sender's next request instead of delaying the answer. The caller must run it, even
+            if answering fails.
 
         Returns
         -------
@@ -194,7 +202,7 @@ class IngestService:
             dataset.seek(start)
             return itertools.chain((file_meta,), _read_chunks(dataset))
 
-        return self._store(identity, header, syntax, len(file_meta), chunks, source)
+        return self._store(identity, header, syntax, len(file_meta), chunks, source, deferred)
 
     def store_part10(
         self, stream: BinaryIO, *, source: str, study_instance_uid: str | None = None
@@ -316,6 +324,7 @@ class IngestService:
         data_set_offset: int,
         chunks: Callable[[], Iterable[bytes]],
         source: str,
+        deferred: list[Callable[[], None]] | None = None,
     ) -> StoreResult:
         pixel = header.pixel_data
         pixel_offset = (
@@ -366,22 +375,29 @@ class IngestService:
             self._unindex(identity.sop_instance_uid)
             self._failed(identity, source, "blob store", error)
             raise
+        if deferred is None:
+            self._announce(record, source)
+        else:
+            deferred.append(functools.partial(self._announce, record, source))
+        return StoreResult(location=_location(record))
+
+    def _announce(self, record: InstanceRecord, source: str) -> None:
+        """Audit, log and notify the subscribers of a newly stored instance."""
         self._audit.record(
             "dicom.instance.stored",
             "success",
             source=source,
-            sop_instance_uid=identity.sop_instance_uid,
-            study_instance_uid=identity.study_instance_uid,
-            size=blob.size,
+            sop_instance_uid=record.sop_instance_uid,
+            study_instance_uid=record.study_instance_uid,
+            size=record.blob.size,
         )
         _log.debug(
             "ingest.stored sop_instance_uid=%s size=%d source=%s",
-            identity.sop_instance_uid,
-            blob.size,
+            record.sop_instance_uid,
+            record.blob.size,
             source,
         )
         self._notify(record)
-        return StoreResult(location=_location(record))
 
     def _duplicate(self, held: InstanceLocation, sha256: str, source: str) -> StoreResult:
         identical = held.blob.sha256 == sha256
