@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -132,6 +132,30 @@ def test_store_dataset_writes_file_meta_then_the_received_bytes_unchanged() -> N
     assert record.attributes["PatientID"] == "PAT001"
     assert record.metadata["0020000D"]["Value"] == [ds.StudyInstanceUID]
     assert [e["event"] for e in audit.events] == ["dicom.instance.stored"]
+
+
+def test_deferred_announcement_waits_for_the_caller_and_duplicates_defer_nothing() -> None:
+    service, _, index, audit = _service()
+    ds = _instance()
+    received: list[InstanceRecord] = []
+    service.subscribe(received.append)
+    deferred: list[Callable[[], None]] = []
+
+    def store() -> None:
+        service.store_dataset(
+            io.BytesIO(_encoded(ds)), EXPLICIT, sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID, source="TEST@127.0.0.1", deferred=deferred,
+        )  # fmt: skip
+
+    store()
+    assert index.get_instance(ds.SOPInstanceUID) is not None  # stored and indexed already
+    assert (received, audit.events, len(deferred)) == ([], [], 1)
+    deferred.pop()()
+    assert [r.sop_instance_uid for r in received] == [ds.SOPInstanceUID]
+    assert [e["event"] for e in audit.events] == ["dicom.instance.stored"]
+    store()  # a duplicate is audited at once: nothing new to announce
+    assert deferred == []
+    assert [e["event"] for e in audit.events][-1] == "dicom.instance.duplicate"
 
 
 def test_same_instance_twice_keeps_one_copy_and_reports_an_identical_duplicate() -> None:
