@@ -13,13 +13,19 @@ Orthanc binds every interface, so run it in a private network namespace::
 
 It takes a few minutes; ``--quick`` uses 60 CT slices and 400 small instances; ``--processes``
 chooses the box configurations (default ``1,2``); ``--repeat N`` runs everything N times,
-interleaved, and reports the median.
+interleaved (the order of the targets rotated each round), and reports the median rates and
+the median of the rounds' box/Orthanc ratios.
+
+On ext4 without a journal (as on the development VM), creating a file skips the inodes freed
+in the last minutes, one by one: right after a large deletion (the previous run's clean-up,
+a test suite) every target stores files markedly slower. Leave a few minutes between runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,6 +73,7 @@ class Measurement:
     instances: int
     size: int
     peak_rss_mib: float | None = None
+    round: int = 0
 
     @property
     def instances_per_second(self) -> float:
@@ -187,12 +194,21 @@ def _start_orthanc(directory: Path) -> Iterator[tuple[int, int | None]]:
 ORTHANC = Target("orthanc", "PACS", _start_orthanc)
 
 
-def measure(corpora: list[Corpus], work: Path, targets: list[Target]) -> list[Measurement]:
-    """Run every (corpus, associations, target) combination once, each on a fresh target."""
+def measure(
+    corpora: list[Corpus], work: Path, targets: list[Target], round_number: int = 0
+) -> list[Measurement]:
+    """Run every (corpus, associations, target) combination once, each on a fresh target.
+
+    The targets of one (corpus, associations) run back to back, in an order rotated by
+    ``round_number``: over the rounds each one runs first, and each box run is compared with
+    the Orthanc run next to it in time (the machine's speed drifts over minutes).
+    """
     results = []
+    shift = round_number % len(targets)
+    ordered = targets[shift:] + targets[:shift]
     for corpus in corpora:
         for associations in PARALLEL_ASSOCIATIONS:
-            for target in targets:
+            for target in ordered:
                 directory = Path(tempfile.mkdtemp(prefix=f"{target.name[:3]}-", dir=work))
                 with target.start(directory) as (port, pid):
                     seconds = send(port, target.aet, corpus, associations)
@@ -205,6 +221,7 @@ def measure(corpora: list[Corpus], work: Path, targets: list[Target]) -> list[Me
                     len(corpus.files),
                     corpus.size,
                     peak,
+                    round_number,
                 )
                 memory = f" peak RSS {peak:5.0f} MiB" if peak is not None else ""
                 print(
@@ -218,7 +235,11 @@ def measure(corpora: list[Corpus], work: Path, targets: list[Target]) -> list[Me
 
 
 def table(results: list[Measurement]) -> str:
-    """Format median measurements as a Markdown table with each box's ratio to Orthanc."""
+    """Format median measurements as a Markdown table with each box's ratio to Orthanc.
+
+    A ratio is the median of the rounds' ratios (each box run against the Orthanc run of the
+    same round), not the ratio of the medians.
+    """
     boxes = list(dict.fromkeys(r.target for r in results if r.target != ORTHANC.name))
     header = "| data | assoc. | Orthanc inst/s | " + " | ".join(
         f"{box} inst/s | {box} MiB/s | {box} / Orthanc | {box} peak RSS MiB" for box in boxes
@@ -232,12 +253,21 @@ def table(results: list[Measurement]) -> str:
         runs = sorted(grouped[key], key=lambda r: r.instances_per_second)
         return runs[len(runs) // 2]
 
+    def paired_ratio(corpus: str, associations: int, box: str) -> float:
+        orthanc = {r.round: r for r in grouped[(corpus, associations, ORTHANC.name)]}
+        ratios = sorted(
+            r.instances_per_second / orthanc[r.round].instances_per_second
+            for r in grouped[(corpus, associations, box)]
+            if r.round in orthanc
+        )
+        return statistics.median(ratios)
+
     for corpus, associations in dict.fromkeys((r.corpus, r.associations) for r in results):
         pacs = median((corpus, associations, ORTHANC.name))
         cells = [corpus, str(associations), f"{pacs.instances_per_second:.0f}"]
         for box in boxes:
             mine = median((corpus, associations, box))
-            ratio = mine.instances_per_second / pacs.instances_per_second
+            ratio = paired_ratio(corpus, associations, box)
             peak = f"{mine.peak_rss_mib:.0f}" if mine.peak_rss_mib is not None else "-"
             cells += [
                 f"{mine.instances_per_second:.0f}",
@@ -265,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = [served_box_target(int(n)) for n in arguments.processes.split(",")] + [ORTHANC]
     results: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="drimbox-bench-", dir="/var/tmp") as work:
-        for _ in range(max(1, arguments.repeat)):
-            results += measure(corpora, Path(work), targets)
+        for round_number in range(max(1, arguments.repeat)):
+            results += measure(corpora, Path(work), targets, round_number)
     print(table(results))
     return 0
 
