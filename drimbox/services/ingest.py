@@ -24,7 +24,10 @@ Policy
   be synced, the index row is taken back; the error propagates: nothing is left half-visible.
   A crash between the index commit and the blob's sync can leave a row whose blob is short
   or missing, never acknowledged: the box's start-up check
-  (:func:`drimbox.services.reconcile.check_newest_instances`) removes such rows.
+  (:func:`drimbox.services.reconcile.check_newest_instances`) removes such rows. The C-STORE
+  receiver has the stored instance announced (audit record, subscribers) right after its
+  answer rather than before (``deferred``): a crash in between can lose that audit record,
+  as a power loss can lose the audit trail's last records (:mod:`drimbox.audit`).
 - **Duplicates** (same SOP Instance UID, even concurrently): the index add reports them
   atomically (no lookup beforehand: duplicates are rare, every new instance would pay it); the
   first copy is kept, the received copy (already written, its SHA-256 computed) is deleted
