@@ -21,14 +21,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from drimbox.index._sqladd import (
-    POSTGRESQL,
-    Statement,
-    add_statements,
-    finish_add,
-    returned_lengths,
-    run_add,
-)
+from drimbox.index._sqladd import POSTGRESQL, Statement, add_statements, returned_lengths
+from drimbox.index._sqlfinish import finish_add, run_add
 from drimbox.index._sqlwrite import DuplicateInstanceError
 
 __all__ = ["CONNECTION_ATTEMPTS", "SQLITE_BEGIN_WRITE", "DriverAdd"]
@@ -70,7 +64,7 @@ class DriverAdd:
         Raises
         ------
         DuplicateInstanceError, ReparentError
-            As :func:`drimbox.index._sqladd.finish_add` (rolled back).
+            As :func:`drimbox.index._sqlfinish.finish_add` (rolled back).
         sqlalchemy.exc.DBAPIError
             The driver failed (rolled back, or commit outcome unknown if it failed then).
         """

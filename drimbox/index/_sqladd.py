@@ -19,10 +19,7 @@ Statements, in lock order (patient, study, series, instance):
 5. insert the instance, ``ON CONFLICT DO NOTHING`` on its unique SOP Instance UID: concurrent
    adds of one instance (threads or processes) give one row, the others see a duplicate.
 
-The results then decide: duplicate or rejected (roll back), series or study under other parents
-(roll back, :class:`ReparentError`), or a few more statements before the commit: a parent's
-empty attributes this instance has a value for are filled (the first non-empty value wins),
-and a new series or study updates the study lists and the patient counters.
+:mod:`drimbox.index._sqlfinish` runs them and decides on their results.
 """
 
 # The SQL text is built from the schema's table and column names only; every value is a bound
@@ -41,18 +38,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from drimbox.index._records import list_with
 from drimbox.index._schema import instances, patients, rejected_instances, series, studies
-from drimbox.index._sqlwrite import DuplicateInstanceError, ReparentError
 
 __all__ = [
+    "PATIENT_RETURNING",
     "POSTGRESQL",
+    "SERIES_RETURNING",
+    "STUDY_RETURNING",
     "AddStatements",
+    "Execute",
     "Statement",
     "add_statements",
-    "finish_add",
+    "fillable",
+    "picker",
     "returned_lengths",
-    "run_add",
 ]
 
 POSTGRESQL = "postgresql"
@@ -101,7 +100,7 @@ class Statement:
 
     def __post_init__(self) -> None:
         if self.names is not None:
-            object.__setattr__(self, "_pick", _picker(self.names))
+            object.__setattr__(self, "_pick", picker(self.names))
 
     def parameters(self, values: dict[str, Any]) -> dict[str, Any] | tuple[Any, ...]:
         """Return the driver parameters of this statement from the flat ``values``."""
@@ -111,8 +110,8 @@ class Statement:
         return picked
 
 
-def _picker(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """A function taking ``names``' values, in order, from a dictionary (in C, if several)."""
+def picker(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """Return a function taking ``names``' values, in order, from a dictionary (C, if several)."""
     if len(names) == 1:
         (name,) = names
         return lambda values: (values[name],)
@@ -249,7 +248,7 @@ def _hierarchy(
         ("PatientID", "IssuerOfPatientID"),
         {**counted, "number_of_studies": "1", "number_of_series": "1"},
         count_one_more("patients"),
-        _PATIENT_RETURNING,
+        PATIENT_RETURNING,
         patient_source,
     )
     study = sql.upsert(
@@ -272,7 +271,7 @@ def _hierarchy(
             "stable": "FALSE",
             "revision": "studies.revision + 1",
         },
-        _STUDY_RETURNING,
+        STUDY_RETURNING,
         study_source,
     )
     series_upsert = sql.upsert(
@@ -280,7 +279,7 @@ def _hierarchy(
         ("SeriesInstanceUID",),
         {"study_pk": series_parent, **counted},
         count_one_more("series"),
-        _SERIES_RETURNING,
+        SERIES_RETURNING,
         series_source,
     )
     instance_names = _attribute_names(instances)
@@ -293,15 +292,15 @@ def _hierarchy(
     return [patient, study, series_upsert, instance]
 
 
-_PATIENT_RETURNING = ("id", "number_of_instances")
-_STUDY_RETURNING = (
+PATIENT_RETURNING = ("id", "number_of_instances")
+STUDY_RETURNING = (
     "id",
     "number_of_instances",
     "patient_pk",
     "modalities_in_study",
     "sop_classes_in_study",
 )
-_SERIES_RETURNING = ("id", "number_of_instances", "study_pk", "Modality")
+SERIES_RETURNING = ("id", "number_of_instances", "study_pk", "Modality")
 _CURRENT = "current_"
 """Prefix of the fillable attributes returned by the upserts (a CTE's column names)."""
 
@@ -309,9 +308,9 @@ _CURRENT = "current_"
 def returned_lengths() -> tuple[int, int, int]:
     """Columns returned by the patient, study and series upserts."""
     return (
-        len(_PATIENT_RETURNING) + len(fillable(patients)),
-        len(_STUDY_RETURNING) + len(fillable(studies)),
-        len(_SERIES_RETURNING) + len(fillable(series)),
+        len(PATIENT_RETURNING) + len(fillable(patients)),
+        len(STUDY_RETURNING) + len(fillable(studies)),
+        len(SERIES_RETURNING) + len(fillable(series)),
     )
 
 
@@ -330,9 +329,9 @@ def _combined(sql: _Sql, held_or_rejected: str) -> str:
     columns = [
         f"{alias}.{_quoted(name)}"
         for alias, table, returning in (
-            ("p", patients, _PATIENT_RETURNING),
-            ("s", studies, _STUDY_RETURNING),
-            ("se", series, _SERIES_RETURNING),
+            ("p", patients, PATIENT_RETURNING),
+            ("s", studies, STUDY_RETURNING),
+            ("se", series, SERIES_RETURNING),
         )
         for name in (*returning, *(_CURRENT + name for name in fillable(table)))
     ]
@@ -389,117 +388,3 @@ def add_statements(dialect: str) -> AddStatements:
             f"ON studies.patient_pk = patients.id WHERE studies.id = {parameter('study_pk')}"
         ),
     )
-
-
-_PARENT_NAMES = ("StudyInstanceUID", "PatientID", "IssuerOfPatientID")
-
-
-def finish_add(
-    statements: AddStatements,
-    execute: Execute,
-    values: dict[str, Any],
-    rows: Sequence[Sequence[Any] | None],
-) -> None:
-    """Check the results of the first five statements; run the follow-up statements.
-
-    Parameters
-    ----------
-    statements
-        The dialect's statements.
-    execute
-        Runs one more statement in the transaction.
-    values
-        The flat parameters of the add.
-    rows
-        First row of each of the five statements (held or rejected, patient, study, series,
-        instance).
-
-    Raises
-    ------
-    DuplicateInstanceError
-        The instance is indexed already or was rejected (the caller rolls back).
-    ReparentError
-        The series or study is indexed under other parents (the caller rolls back).
-    """
-    held_or_rejected, patient, study, series_row, inserted = rows
-    if held_or_rejected is not None or inserted is None:
-        raise DuplicateInstanceError(values["SOPInstanceUID"])
-    assert patient is not None and study is not None and series_row is not None
-    patient_pk, patient_count = patient[: len(_PATIENT_RETURNING)]
-    study_pk, study_count, study_patient_pk, study_modalities, study_sop_classes = study[
-        : len(_STUDY_RETURNING)
-    ]
-    series_pk, series_count, series_study_pk, series_modality = series_row[: len(_SERIES_RETURNING)]
-    if study_patient_pk != patient_pk:
-        raise _reparent(statements, execute, study_pk)
-    if series_study_pk != study_pk:
-        raise _reparent(statements, execute, series_study_pk)
-    for row, returned, table, fill, pk in (
-        (patient, _PATIENT_RETURNING, patients, statements.fill_patient, patient_pk),
-        (study, _STUDY_RETURNING, studies, statements.fill_study, study_pk),
-        (series_row, _SERIES_RETURNING, series, statements.fill_series, series_pk),
-    ):
-        if _fills(row[len(returned) :], table, values):
-            execute(fill, {**values, "pk": pk})
-    if series_modality is None:
-        series_modality = values["Modality"]  # filled just now, if the instance has one
-    new_study = int(study_count == 1)
-    new_series = int(series_count == 1)
-    if not new_study:
-        modalities = list_with(study_modalities, series_modality)
-        sop_classes = list_with(study_sop_classes, values["SOPClassUID"])
-        if new_series or modalities != study_modalities or sop_classes != study_sop_classes:
-            execute(
-                statements.study_lists,
-                {
-                    "study_pk": study_pk,
-                    "new_series": new_series,
-                    "modalities": modalities,
-                    "sop_classes": sop_classes,
-                },
-            )
-    if patient_count != 1 and (new_study or new_series):
-        execute(
-            statements.patient_counts,
-            {"patient_pk": patient_pk, "new_series": new_series, "new_study": new_study},
-        )
-
-
-def _fills(current: Sequence[Any], table: sa.Table, values: dict[str, Any]) -> bool:
-    """Whether an instance with ``values`` has a value for some empty attribute of its parent."""
-    if None not in current:  # the usual case once a parent is complete: one scan in C
-        return False
-    received = _fillable_values(table)(values)
-    return any(
-        held is None and value is not None for held, value in zip(current, received, strict=True)
-    )
-
-
-@cache
-def _fillable_values(table: sa.Table) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    return _picker(fillable(table))
-
-
-def _reparent(statements: AddStatements, execute: Execute, study_pk: int) -> ReparentError:
-    row = execute(statements.parents_of_study, {"study_pk": study_pk})
-    assert row is not None
-    return ReparentError(dict(zip(_PARENT_NAMES, row, strict=True)))
-
-
-def run_add(statements: AddStatements, execute: Execute, values: dict[str, Any]) -> None:
-    """Run the add transaction statement by statement (a driver without pipelining)."""
-    if execute(statements.held_or_rejected, values) is not None:
-        raise DuplicateInstanceError(values["SOPInstanceUID"])
-    rows = [
-        None,
-        *(
-            execute(statement, values)
-            for statement in (
-                statements.patient,
-                statements.study,
-                statements.series,
-                statements.instance,
-            )
-        ),
-    ]
-    finish_add(statements, execute, values, rows)

@@ -4,8 +4,8 @@ Adding an instance is one transaction: upsert patient, study and series, insert 
 update the counters. Concurrent adds of the same SOP Instance UID (threads or processes) give
 exactly one ``STORED``: the instance insert is ``ON CONFLICT DO NOTHING`` on its unique key.
 It is ingest's hot path, so it runs precompiled SQL on the driver's cursor
-(:mod:`drimbox.index._sqladd`, :mod:`drimbox.index._driveradd`); everything else goes through
-SQLAlchemy Core.
+(:mod:`drimbox.index._sqladd`, :mod:`drimbox.index._sqlfinish`,
+:mod:`drimbox.index._driveradd`); everything else goes through SQLAlchemy Core.
 
 Patient, study and series attributes: the first non-empty value wins (a later instance only fills
 attributes still empty). An instance whose series already belongs to another study (or whose
