@@ -21,6 +21,7 @@ Stability: each add (and each rejection) bumps the study's ``revision`` and clea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -125,6 +126,10 @@ class SqlIndex:
         :class:`drimbox.index._writelock.WriterLock` queues the file's writers).
     migrate
         Bring the schema to the latest revision at open (under a cross-process lock).
+    after_commit
+        Makes what was just committed durable, if the commit does not (SQLite: the WAL's
+        ``fdatasync``); called after every write transaction, outside ``write_lock``, and
+        the write returns only once it has. An ``OSError`` fails the write.
     """
 
     def __init__(
@@ -135,6 +140,7 @@ class SqlIndex:
         adder: sa.Engine | None = None,
         write_lock: AbstractContextManager[object] | None = None,
         migrate: bool = True,
+        after_commit: Callable[[], None] | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer or reader
@@ -144,9 +150,11 @@ class SqlIndex:
         self._rendered = RenderedMatches()
         self._write_lock = nullcontext() if write_lock is None else write_lock
         self._add = DriverAdd(self._adder, self._write_lock)
+        self._after_commit = after_commit
         if migrate:
             with self._guard():
                 upgrade_to_head(self._writer)
+            self._made_durable()
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -165,7 +173,20 @@ class SqlIndex:
             with self._write_lock, self._writer.begin() as connection:
                 return work(connection)
 
-        return self._retrying(transaction)
+        result = self._retrying(transaction)
+        self._made_durable()
+        return result
+
+    def _made_durable(self) -> None:
+        """Run ``after_commit``; its failure fails the write (committed, maybe not durable)."""
+        if self._after_commit is None:
+            return
+        try:
+            self._after_commit()
+        except OSError as error:
+            raise IndexUnavailableError(
+                f"the index commit could not be made durable: {error.strerror or error}"
+            ) from error
 
     def _retrying(self, transaction: Callable[[], _T]) -> _T:
         """Run a write transaction, again after a deadlock, serialization failure or busy file."""
@@ -202,12 +223,29 @@ class SqlIndex:
             try:
                 self._retrying(lambda: self._add(values))
             except DuplicateInstanceError:
+                self._made_durable()  # the held row may be another writer's, committed just now
                 return AddOutcome.DUPLICATE
             except ReparentError as moved:
                 values.update(moved.parents)
             else:
+                try:
+                    self._made_durable()
+                except IndexUnavailableError:
+                    self._take_back(record)
+                    raise
                 return AddOutcome.STORED
         raise IndexUnavailableError("the instance's series kept moving between studies")
+
+    def _take_back(self, record: InstanceRecord) -> None:
+        """Remove the row just added whose commit could not be made durable (if still ours).
+
+        Best effort: a row left behind points to a blob the caller deletes, which the start-up
+        check and ``drimbox verify`` report.
+        """
+        with contextlib.suppress(DrimboxError):
+            held = self.get_instance(record.sop_instance_uid)
+            if held is not None and held.blob.key == record.blob.key:
+                self.remove_instance(record.sop_instance_uid)
 
     def get_instance(self, sop_instance_uid: str) -> InstanceLocation | None:
         """Return where an instance is stored, or ``None``."""
