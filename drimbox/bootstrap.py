@@ -32,6 +32,7 @@ from drimbox.config import Settings, resolved_dimse_processes
 from drimbox.dimse import configure_pynetdicom
 from drimbox.dimse.pacs import DimsePacs
 from drimbox.dimse.scp import DimseServer, bind_listener
+from drimbox.fsync import fsync_directory
 from drimbox.hl7.inbox import HL7Inbox, make_report_handler
 from drimbox.hl7.mllp import MllpServer
 from drimbox.hl7.reports import ReportWorker
@@ -48,7 +49,6 @@ from drimbox.services.reconcile import check_newest_instances
 from drimbox.services.retrieve import RetrieveService
 from drimbox.services.stability import StabilityMonitor
 from drimbox.services.worker import PollingWorker
-from drimbox.storage._background import fsync_directory
 from drimbox.storage.filesystem import FilesystemBlobStore
 from drimbox.web.health import create_health_router
 from registry.client import RegistryClient

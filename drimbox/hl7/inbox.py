@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from drimbox.fsync import fsync_directory
 from drimbox.hl7.errors import HL7Error
 from drimbox.hl7.messages import ReportMessage, acknowledge, parse_report_message
 
@@ -33,14 +34,6 @@ __all__ = [
 _ID = re.compile(r"[0-9]{20}-[0-9a-f]{16}")
 _SUFFIX = ".hl7"
 _log = logging.getLogger(__name__)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class HL7Inbox:
@@ -97,7 +90,7 @@ class HL7Inbox:
             raise
         os.close(fd)
         os.replace(temporary, self._path(self._pending, message_id))
-        _fsync_directory(self._pending)  # the new entry is durable; tmp/ needs no sync
+        fsync_directory(self._pending)  # the new entry is durable; tmp/ needs no sync
         return message_id
 
     def pending(self) -> list[str]:
@@ -126,8 +119,8 @@ class HL7Inbox:
                 return
             raise FileNotFoundError(f"no pending inbox message {message_id}")
         os.replace(source, self._path(self._done, message_id))
-        _fsync_directory(self._done)
-        _fsync_directory(self._pending)
+        fsync_directory(self._done)
+        fsync_directory(self._pending)
 
     def purge_done(self, older_than_seconds: float) -> int:
         """Delete processed messages older than ``older_than_seconds``; return how many."""

@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from drimbox.errors import ConfigurationError
+from drimbox.fsync import fsync_directory, fsync_file
 from drimbox.index._writelock import WriterLock
 from drimbox.index.sql import SqlIndex
 
@@ -175,7 +176,7 @@ class WalSync:
         try:
             fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            _sync_file(self._database)
+            fsync_file(self._database)
             return
         try:
             os.fdatasync(fd)
@@ -183,17 +184,8 @@ class WalSync:
         finally:
             os.close(fd)
         if inode != self._named_inode:
-            _sync_file(self._database.parent)  # a new WAL: make its name durable too
+            fsync_directory(self._database.parent)  # a new WAL: make its name durable too
             self._named_inode = inode
-
-
-def _sync_file(path: Path) -> None:
-    """``fsync`` a file or a directory."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SqliteIndex(SqlIndex):

@@ -19,10 +19,11 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from drimbox.fsync import fsync_directory
+
 __all__ = [
     "BACKGROUND_HASH_BYTES",
     "Digest",
-    "fsync_directory",
     "fsync_directory_in_background",
     "fsync_in_background",
     "sha256_in_background",
@@ -83,15 +84,6 @@ def sha256_in_background(buffers: Sequence[bytes]) -> Digest:
     if sum(memoryview(buffer).nbytes for buffer in buffers) < BACKGROUND_HASH_BYTES:
         return Digest(sha256_of(buffers), None)
     return Digest(None, _pool().submit(sha256_of, buffers))
-
-
-def fsync_directory(path: str | os.PathLike[str]) -> None:
-    """Make a directory's entries (a new file, a rename, a new subdirectory) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_directory_in_background(path: str | os.PathLike[str]) -> Future[None]:

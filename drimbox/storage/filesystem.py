@@ -37,10 +37,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from drimbox.errors import BlobNotFoundError, StorageFullError, StorageUnavailableError
+from drimbox.fsync import fsync_directory
 from drimbox.model import StoredBlob
 from drimbox.storage._background import (
     Digest,
-    fsync_directory,
     fsync_directory_in_background,
     fsync_in_background,
     sha256_in_background,
