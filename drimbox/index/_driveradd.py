@@ -57,6 +57,7 @@ class DriverAdd:
         self._statements = add_statements(engine.dialect.name)
         self._pipelined = engine.dialect.name == POSTGRESQL
         self._begin = None if self._pipelined else SQLITE_BEGIN_WRITE
+        self._row_ends = tuple(itertools.accumulate(returned_lengths()))  # combined row's parts
 
     def __call__(self, values: dict[str, Any]) -> None:
         """Add the instance described by the flat ``values``; return once durably committed.
@@ -157,7 +158,7 @@ class DriverAdd:
             connection.commit()
             raise DuplicateInstanceError(values["SOPInstanceUID"])
         inserted = row[-1]
-        patient_end, study_end, series_end = itertools.accumulate(returned_lengths())
+        patient_end, study_end, series_end = self._row_ends
         rows = (
             None,
             row[:patient_end],
