@@ -255,12 +255,11 @@ def table(results: list[Measurement]) -> str:
 
     def paired_ratio(corpus: str, associations: int, box: str) -> float:
         orthanc = {r.round: r for r in grouped[(corpus, associations, ORTHANC.name)]}
-        ratios = sorted(
+        return statistics.median(
             r.instances_per_second / orthanc[r.round].instances_per_second
             for r in grouped[(corpus, associations, box)]
             if r.round in orthanc
         )
-        return statistics.median(ratios)
 
     for corpus, associations in dict.fromkeys((r.corpus, r.associations) for r in results):
         pacs = median((corpus, associations, ORTHANC.name))
