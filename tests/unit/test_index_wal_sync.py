@@ -7,10 +7,10 @@ failing sync is injected the same way, since a real I/O error cannot be produced
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,25 +19,8 @@ from drimbox.errors import IndexUnavailableError
 from drimbox.index import SqliteIndex
 from drimbox.index._writelock import LOCK_SUFFIX
 from drimbox.index.sqlite import WAL_SUFFIX
-from drimbox.model import AddOutcome, InstanceRecord, StoredBlob
-
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-
-
-def _record(sop: str) -> InstanceRecord:
-    return InstanceRecord(
-        sop_instance_uid=sop,
-        sop_class_uid=CT_IMAGE_STORAGE,
-        series_instance_uid="1.2.3.1",
-        study_instance_uid="1.2.3",
-        transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN,
-        blob=StoredBlob(key=f"key-{sop}", size=10, sha256="0" * 64),
-        attributes={"PatientID": "PAT1", "Modality": "CT"},
-        metadata={"00080018": {"vr": "UI", "Value": [sop]}},
-        received_at=datetime(2026, 1, 1, tzinfo=UTC),
-        number_of_frames=1,
-    )
+from drimbox.model import AddOutcome
+from tests.contract.test_index import record
 
 
 class SyncLog:
@@ -48,13 +31,11 @@ class SyncLog:
         self._lock_file = database.with_name(database.name + LOCK_SUFFIX)
 
     def record(self, fd: int) -> None:
-        mode = os.fstat(fd).st_mode
-        kind = "dir" if stat.S_ISDIR(mode) else "file"
-        self.calls.append((kind, os.fstat(fd).st_ino, self._lock_is_free()))
+        status = os.fstat(fd)
+        kind = "dir" if stat.S_ISDIR(status.st_mode) else "file"
+        self.calls.append((kind, status.st_ino, self._lock_is_free()))
 
     def _lock_is_free(self) -> bool:
-        import fcntl  # POSIX only, as the writer lock
-
         probe = os.open(self._lock_file, os.O_RDWR)
         try:
             fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -96,8 +77,8 @@ def test_each_write_syncs_the_wal_once_committed_with_the_write_lock_released(
     index = SqliteIndex(database)
     syncs.calls.clear()
 
-    assert index.add_instance(_record("1.2.3.1.1")) is AddOutcome.STORED
-    assert index.add_instance(_record("1.2.3.1.1")) is AddOutcome.DUPLICATE
+    assert index.add_instance(record("1.2.3.1.1")) is AddOutcome.STORED
+    assert index.add_instance(record("1.2.3.1.1")) is AddOutcome.DUPLICATE
     assert index.remove_instance("1.2.3.1.1") is not None
     assert index.reject_instances(["1.2.3.1.9"]) == 0
 
@@ -109,8 +90,8 @@ def test_each_write_syncs_the_wal_once_committed_with_the_write_lock_released(
 
 def test_a_new_wal_has_its_directory_entry_synced_once(database: Path, syncs: SyncLog) -> None:
     index = SqliteIndex(database)  # the schema migration writes: the WAL is created
-    index.add_instance(_record("1.2.3.1.1"))
-    index.add_instance(_record("1.2.3.1.2"))
+    index.add_instance(record("1.2.3.1.1"))
+    index.add_instance(record("1.2.3.1.2"))
 
     directory = database.parent.stat().st_ino
     assert [call for call in syncs.calls if call[0] == "dir"] == [("dir", directory, True)]
@@ -121,7 +102,7 @@ def test_an_add_whose_wal_sync_fails_is_refused_and_taken_back(
     database: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     index = SqliteIndex(database)
-    index.add_instance(_record("1.2.3.1.1"))
+    index.add_instance(record("1.2.3.1.1"))
     real = os.fdatasync
 
     def failing(fd: int) -> None:
@@ -129,7 +110,7 @@ def test_an_add_whose_wal_sync_fails_is_refused_and_taken_back(
 
     monkeypatch.setattr(os, "fdatasync", failing)
     with pytest.raises(IndexUnavailableError, match="could not be made durable"):
-        index.add_instance(_record("1.2.3.1.2"))
+        index.add_instance(record("1.2.3.1.2"))
     monkeypatch.setattr(os, "fdatasync", real)
 
     assert index.get_instance("1.2.3.1.2") is None  # nothing half-visible
