@@ -3,10 +3,8 @@
 - The SHA-256 of large content: hashing 512 KiB (a CT slice) takes a few hundred
   microseconds; ``hashlib`` releases the GIL while it hashes, as ``os.writev`` and ``os.fsync``
   do while they wait, so the digest computed on another thread costs no time.
-- The ``fsync`` of the object's directory, concurrent with the ``fsync`` of the object: each
-  call makes its own inode durable when it returns, whatever runs meanwhile, and the put
-  returns only after both; run together, the filesystem can serve both with one journal
-  commit and one cache flush (ext4: about a fifth less time per put than one after the other).
+- The ``fsync`` of the object, while the storing thread indexes it (the object's directory
+  entry is already durable: :mod:`drimbox.storage._spares`).
 
 The threads belong to the process that started them: a forked child starts its own.
 """
@@ -19,12 +17,9 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from drimbox.fsync import fsync_directory
-
 __all__ = [
     "BACKGROUND_HASH_BYTES",
     "Digest",
-    "fsync_directory_in_background",
     "fsync_in_background",
     "sha256_in_background",
     "sha256_of",
@@ -33,7 +28,7 @@ __all__ = [
 BACKGROUND_HASH_BYTES = 128 * 1024
 """Content from this size on is hashed on the hashing threads; smaller content right away."""
 
-_THREADS = 8  # per process: a hash, a file sync and a directory sync per put in progress
+_THREADS = 8  # per process: a hash and a file sync per put in progress
 
 
 def sha256_of(buffers: Sequence[bytes]) -> str:
@@ -84,11 +79,6 @@ def sha256_in_background(buffers: Sequence[bytes]) -> Digest:
     if sum(memoryview(buffer).nbytes for buffer in buffers) < BACKGROUND_HASH_BYTES:
         return Digest(sha256_of(buffers), None)
     return Digest(None, _pool().submit(sha256_of, buffers))
-
-
-def fsync_directory_in_background(path: str | os.PathLike[str]) -> Future[None]:
-    """Start :func:`fsync_directory` on a helper thread; its future raises what it raised."""
-    return _pool().submit(fsync_directory, path)
 
 
 def fsync_in_background(fd: int) -> Future[None]:

@@ -9,10 +9,12 @@ Layout under ``root``::
 A put of a stream writes a temporary file in ``tmp/`` (same filesystem), hashing and counting
 while it streams, then ``fsync(file)``, ``rename`` into place and ``fsync(directory)``.
 
-A put of content already in memory (a list or tuple of buffers: what ingest hands over) creates
-the object directly at its final path with ``O_EXCL`` and writes it with one ``writev``, then
-``fsync(file)`` and ``fsync(directory)`` run concurrently (:mod:`drimbox.storage._background`)
-and both are waited for: no rename, no temporary directory entry. The key is
+A put of content already in memory (a list or tuple of buffers: what ingest hands over) takes
+a *spare file* (:mod:`drimbox.storage._spares`): an empty file created ahead, at its final path,
+whose directory entry a batch's single directory sync already made durable. The put writes it
+with one ``writev``, gives it the object's mode, and ``fsync(file)`` runs on a helper thread
+(:mod:`drimbox.storage._background`) while the caller indexes; it is waited for before the put
+counts as done: no rename, no temporary directory entry, one sync per object. The key is
 fresh and random, so nothing names the object until the caller records its key (the index
 commit that makes an instance visible, DESIGN §4); on failure the file is removed before the
 error propagates. A crash before the caller records the key leaves an object nobody references
@@ -41,9 +43,14 @@ from drimbox.fsync import fsync_directory
 from drimbox.model import StoredBlob
 from drimbox.storage._background import (
     Digest,
-    fsync_directory_in_background,
     fsync_in_background,
     sha256_in_background,
+)
+from drimbox.storage._spares import (
+    LEASE_SUFFIX,
+    SpareFiles,
+    is_spare,
+    remove_abandoned_spares,
 )
 from drimbox.storage._written import DurableWrite
 from drimbox.storage.keys import FAN_OUT_DEPTH, FAN_OUT_WIDTH, fan_out, is_valid_key, new_key
@@ -156,9 +163,9 @@ class _FileChunks(Iterator[bytes]):
 
 
 class _SyncingWrite:
-    """An object written at its final path whose file and directory syncs run on helper threads.
+    """An object written at its final path whose syncs run on helper threads.
 
-    Its file descriptor stays open until both syncs have ended.
+    Its file descriptor stays open until every sync has ended.
     """
 
     def __init__(
@@ -183,7 +190,7 @@ class _SyncingWrite:
         return StoredBlob(key=self._key, size=self._size, sha256=self._digest.result())
 
     def wait_durable(self) -> StoredBlob:
-        """Wait for both syncs; on failure remove the object and raise a ``StorageError``."""
+        """Wait for the syncs; on failure remove the object and raise a ``StorageError``."""
         try:
             with _translated("put"):
                 self._finish()
@@ -237,6 +244,8 @@ class FilesystemBlobStore:
             if not os.access(self._tmp, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, "blob store directory is not writable")
             self._create_fan_out()
+            remove_abandoned_spares(self._root, self._tmp)
+        self._spares = SpareFiles(self._root, self._tmp)
 
     def _create_fan_out(self) -> None:
         """Create every fan-out directory once, durably, so that no put has to."""
@@ -327,24 +336,23 @@ class FilesystemBlobStore:
         the file and its directory are synced (all release the GIL).
         """
         digest = sha256_in_background(buffers)
-        key = new_key()
-        final = self._path(key)
         with _translated("put"):
             try:
-                fd = os.open(final, _CREATE_FLAGS, FILE_MODE)
+                key, fd = self._spares.take()
             except FileNotFoundError:  # a fan-out directory was removed under the store
-                self._make_parents(final.parent)
-                fd = os.open(final, _CREATE_FLAGS, FILE_MODE)
+                self._create_fan_out()
+                key, fd = self._spares.take()
+        final = self._path(key)
         try:
             with _translated("put"):
                 size = _write_buffers(fd, buffers)
+                os.fchmod(fd, FILE_MODE)  # an object from now on; durable with the bytes
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 final.unlink()
             raise
-        syncs = (fsync_in_background(fd), fsync_directory_in_background(final.parent))
-        return _SyncingWrite(key, final, fd, size, digest, syncs)
+        return _SyncingWrite(key, final, fd, size, digest, (fsync_in_background(fd),))
 
     def _open_temporary(self, key: str) -> tuple[int, Path]:
         temporary = self._tmp / f"{key}{TEMPORARY_SUFFIX}"
@@ -431,10 +439,19 @@ class FilesystemBlobStore:
                 if len(name) == FAN_OUT_WIDTH and set(name) <= _HEX_DIGITS and entry.is_dir():
                     yield from self._walk(Path(entry.path), depth + 1, prefix + name)
             elif is_valid_key(name) and name.startswith(prefix) and entry.is_file():
-                yield name
+                with _translated("keys"):
+                    try:
+                        spare = is_spare(entry.stat())
+                    except FileNotFoundError:  # deleted meanwhile
+                        continue
+                if not spare:
+                    yield name
 
     def cleanup_temporary(self, stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS) -> int:
         """Remove temporary files left by interrupted puts; return how many were removed.
+
+        The unused spare files of processes that ended without closing the store are removed
+        too (and counted); the leases of running processes are never touched.
 
         Parameters
         ----------
@@ -443,10 +460,12 @@ class FilesystemBlobStore:
             Pass ``0`` when no put can be running (e.g. at start-up).
         """
         cutoff = time.time() - stale_after_seconds
-        removed = 0
         with _translated("cleanup_temporary"):
+            removed = remove_abandoned_spares(self._root, self._tmp)
             entries = list(os.scandir(self._tmp))
         for entry in entries:
+            if entry.name.endswith(LEASE_SUFFIX):  # a running process's spares
+                continue
             try:
                 status = entry.stat(follow_symlinks=False)
                 if stat.S_ISREG(status.st_mode) and status.st_mtime <= cutoff:
@@ -459,4 +478,6 @@ class FilesystemBlobStore:
         return removed
 
     def close(self) -> None:
-        """Nothing to release: every operation opens and closes its own descriptors."""
+        """Remove this process's unused spare files; other operations hold no descriptor."""
+        with _translated("close"):
+            self._spares.close()

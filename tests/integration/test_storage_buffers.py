@@ -12,6 +12,7 @@ import pytest
 from drimbox.errors import StorageFullError
 from drimbox.storage import FilesystemBlobStore
 from drimbox.storage._background import BACKGROUND_HASH_BYTES
+from drimbox.storage._spares import LEASE_SUFFIX
 from tests.integration.test_storage_failures import (  # noqa: F401  (fixtures)
     few_inodes_filesystem,
     small_filesystem,
@@ -32,7 +33,7 @@ def test_buffers_are_written_at_the_final_path_without_a_temporary_file(tmp_path
     assert path.read_bytes() == b"metadata set+pixels"
     assert blob.size == 19
     assert blob.sha256 == hashlib.sha256(b"metadata set+pixels").hexdigest()
-    assert os.listdir(tmp_path / "tmp") == []
+    assert [name for name in os.listdir(tmp_path / "tmp") if not name.endswith(LEASE_SUFFIX)] == []
     assert list(store.keys()) == [blob.key]
 
 
@@ -67,7 +68,11 @@ def test_full_filesystem_fails_the_put_and_leaves_no_partial_object(
     assert stored, "not even one object fitted"
     assert sorted(store.keys()) == sorted(stored)
     assert all(store.size(key) == OBJECT_SIZE for key in stored)
+    store.close()  # removes the unused spare files and their lease
     assert os.listdir(small_filesystem / "tmp") == []
+    assert sorted(name for path in small_filesystem.glob("??") for name in os.listdir(path)) == (
+        sorted(stored)
+    )
 
 
 def test_no_inode_left_fails_the_put_and_keeps_only_whole_objects(
@@ -79,7 +84,9 @@ def test_no_inode_left_fails_the_put_and_keeps_only_whole_objects(
             store.put((b"meta", b"x" * 1020))
 
     held = list(store.keys())
+    assert held, "the spares that could still be created were not used"
     assert all(store.size(key) == 1024 for key in held)
+    store.close()  # its spares' descriptors would keep the file system busy
 
 
 def test_large_content_is_hashed_while_written_and_the_digest_is_exact(tmp_path: Path) -> None:

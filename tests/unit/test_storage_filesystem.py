@@ -12,6 +12,7 @@ import pytest
 
 from drimbox.errors import StorageUnavailableError
 from drimbox.storage import FilesystemBlobStore
+from drimbox.storage._spares import LEASE_SUFFIX
 from drimbox.storage.filesystem import TEMPORARY_SUFFIX
 
 
@@ -35,7 +36,9 @@ def test_objects_are_fanned_out_by_key_and_readable_only_by_the_owner(tmp_path: 
     assert len(fan_out_directories) == 256  # all created when the store opened
     assert mode(tmp_path / "blobs") == 0o700
     assert mode(tmp_path / "blobs" / "tmp") == 0o700
+    store.close()  # removes the unused spare files and their lease
     assert os.listdir(tmp_path / "blobs" / "tmp") == []
+    assert [p for p in (tmp_path / "blobs").glob("??/*")] == [path]
 
 
 def test_keys_ignore_temporary_and_foreign_files(tmp_path: Path) -> None:
@@ -63,12 +66,14 @@ def test_cleanup_temporary_removes_stale_files_and_spares_puts_in_progress(
     two_hours_ago = time.time() - 7200
     os.utime(stale, (two_hours_ago, two_hours_ago))
     kept = store.put([b"stored"]).key
+    (lease,) = (tmp_path / "tmp").glob(f"*{LEASE_SUFFIX}")
+    os.utime(lease, (two_hours_ago, two_hours_ago))
 
     assert store.cleanup_temporary(stale_after_seconds=3600) == 1
     assert not stale.exists()
     assert fresh.exists()
     assert store.cleanup_temporary(stale_after_seconds=0) == 1
-    assert os.listdir(tmp_path / "tmp") == []
+    assert [name for name in os.listdir(tmp_path / "tmp")] == [lease.name]  # a running process's
     assert list(store.keys()) == [kept]
 
 
