@@ -16,11 +16,11 @@ Policy
   it over), or a stream small enough to be read into memory once, is parsed from those bytes
   and handed to the blob store as File Meta Information + data set buffers (one ``writev`` on
   the filesystem); larger streams are parsed and written in chunks.
-- **Order.** Blob written → (its file and directory syncs run on helper threads while) index
-  add, committed durably → wait for the blob's syncs → success. Only then is the sender told:
-  an acknowledged instance has both its bytes and its index row on disk. The two syncs run
-  side by side rather than one after the other (one device flush instead of two per instance:
-  0.4 ms less on this machine). If the index fails, the blob is deleted; if the blob cannot
+- **Order.** Blob written → (its sync runs on a helper thread while) index add, committed
+  durably → wait for the blob's sync → success. Only then is the sender told: an
+  acknowledged instance has both its bytes and its index row on disk. The two syncs run
+  side by side rather than one after the other (0.4 ms less per instance on this machine).
+  If the index fails, the blob is deleted; if the blob cannot
   be synced, the index row is taken back; the error propagates: nothing is left half-visible.
   A crash between the index commit and the blob's sync can leave a row whose blob is short
   or missing, never acknowledged: the box's start-up check
