@@ -14,7 +14,8 @@ less per put, whose wake-up would compete with the storing thread for the interp
 - A batch's keys share their first two hex digits (the fan-out directory); the other 30 are
   random: 120 bits, still unguessable and unique.
 - Each process's spares are listed in a *lease* file under ``tmp/``, locked (``flock``) for
-  the process's lifetime and synced before the spares are created. When a store opens, the
+  the process's lifetime and synced before the spares are created (it lists the current batch
+  and the previous one, whose last spares may still be being written). When a store opens, the
   leases nobody holds any more (their process ended without :meth:`SpareFiles.close`: a crash,
   ``kill -9``) are read and the spares still unused are removed, so nothing is left behind and
   a running process's spares are never touched.
@@ -64,6 +65,7 @@ class _Held:
         self.owner = os.getpid()
         self.free: list[tuple[str, int]] = []  # (key, open write descriptor)
         self.lease: tuple[Path, int] | None = None
+        self.previous: list[str] = []  # keys of the batch before the current one
 
     def release(self) -> None:
         """Remove the unused spares, then the lease; a forked child leaves its parent's alone."""
@@ -115,7 +117,7 @@ class SpareFiles:
         with self._lock:
             held = self._held
             if held.owner != os.getpid():  # a forked child: the parent's spares stay its own
-                held.owner, held.free, held.lease = os.getpid(), [], None
+                held.owner, held.free, held.lease, held.previous = os.getpid(), [], None, []
             if not held.free:
                 held.free = self._create_batch()
             return held.free.pop()
@@ -132,7 +134,12 @@ class SpareFiles:
         lease_fd = self._lease_descriptor()
         prefix = secrets.token_hex(1)  # FAN_OUT_WIDTH hex digits
         keys = [prefix + secrets.token_hex(KEY_BYTES - 1) for _ in range(self._batch_size)]
-        os.write(lease_fd, "".join(key + "\n" for key in keys).encode("ascii"))
+        # The lease lists this batch and the previous one (all taken, possibly still being
+        # written by puts in flight), so it stays small however long the process runs.
+        listing = "".join(key + "\n" for key in (*self._held.previous, *keys)).encode("ascii")
+        self._held.previous = keys
+        os.pwrite(lease_fd, listing, 0)
+        os.ftruncate(lease_fd, len(listing))
         os.fdatasync(lease_fd)  # listed before they exist: a crash leaves nothing unlisted
         created: list[tuple[str, int]] = []
         try:

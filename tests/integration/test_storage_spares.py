@@ -26,7 +26,9 @@ import sys
 from pathlib import Path
 from drimbox.storage import FilesystemBlobStore
 store = FilesystemBlobStore(Path(sys.argv[1]))
-print(store.put([b"held by a process"]).key, flush=True)
+for _ in range(int(sys.argv[2])):
+    key = store.put([b"held by a process"]).key
+print(key, flush=True)
 if sys.stdin.readline().strip() == "close":
     store.close()
 """
@@ -45,11 +47,20 @@ def leases(root: Path) -> list[Path]:
     return list((root / "tmp").glob(f"*{LEASE_SUFFIX}"))
 
 
+def start_holder(root: Path, puts: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(root), str(puts)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.fixture
 def holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Another process with the store open, one object put; yields it and the object's key."""
     process = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        [sys.executable, "-c", HOLDER, str(tmp_path), "1"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -164,3 +175,19 @@ def test_a_put_that_finds_the_disk_full_removes_its_spare(
     # Open: the lease and the unused spares; the objects' and the failed spare's are closed.
     assert len(os.listdir("/proc/self/fd")) == descriptors_before + 1 + len(spares)
     store.close()
+
+
+def test_the_lease_of_a_long_running_process_stays_small(tmp_path: Path) -> None:
+    with start_holder(tmp_path, 3 * BATCH_SIZE + 1) as process:  # four batches
+        assert process.stdout is not None
+        process.stdout.readline()
+        (lease,) = leases(tmp_path)
+        listed = lease.read_text().split()
+        assert len(listed) == 2 * BATCH_SIZE  # the current batch and the one before
+        assert {path.name for path in spare_files(tmp_path)} < set(listed)
+        assert len(spare_files(tmp_path)) == BATCH_SIZE - 1
+        process.kill()
+
+    store = FilesystemBlobStore(tmp_path)
+    assert spare_files(tmp_path) == []
+    assert len(list(store.keys())) == 3 * BATCH_SIZE + 1
