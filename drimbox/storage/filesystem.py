@@ -330,10 +330,10 @@ class FilesystemBlobStore:
         return self._write_buffers(buffers).wait_durable()
 
     def _write_buffers(self, buffers: Sequence[bytes]) -> _SyncingWrite:
-        """Write content held in memory directly at its final path; start its syncs.
+        """Write content held in memory into a spare file, at its final path; start its sync.
 
         The SHA-256 of a large object is computed by another thread while this one writes and
-        the file and its directory are synced (all release the GIL).
+        the file is synced (all release the GIL).
         """
         digest = sha256_in_background(buffers)
         with _translated("put"):
