@@ -27,6 +27,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from dicomweb import create_dicomweb_router
+from drimbox.affinity import dimse_cpu, set_dimse_cpu
 from drimbox.audit import FileAuditLog
 from drimbox.config import Settings, resolved_dimse_processes
 from drimbox.dimse import configure_pynetdicom
@@ -260,7 +261,7 @@ class Box:
             ready = context.Event()
             process = context.Process(
                 target=run_dimse_receiver,
-                args=(self.settings, self.dimse_listener, ready),
+                args=(self.settings, self.dimse_listener, ready, number + 1),
                 name=f"drimbox-dimse-{number + 1}",
                 daemon=True,
             )
@@ -342,6 +343,8 @@ def build_box(settings: Settings, *, dimse: bool = True) -> Box:
         dimse_port=_bind_port(settings, settings.dimse_port),
         hl7_port=_bind_port(settings, settings.hl7_port),
     )
+    if dimse:
+        _use_dimse_cpu(settings, 0)
     blobs, index, audit = build_adapters(settings)
     publications = open_publication_store(settings.resolved_index_url)
     ingest = IngestService(blobs, index, audit, max_instance_bytes=settings.max_instance_bytes)
@@ -477,7 +480,10 @@ def _build_app(
 
 
 def run_dimse_receiver(
-    settings: Settings, listener: socket.socket, ready: multiprocessing.synchronize.Event
+    settings: Settings,
+    listener: socket.socket,
+    ready: multiprocessing.synchronize.Event,
+    process_number: int = 1,
 ) -> None:
     """Entry point of an extra DIMSE receiver process sharing the listening socket.
 
@@ -485,8 +491,10 @@ def run_dimse_receiver(
     C-ECHO/C-STORE until SIGTERM, or until the main process is gone (it would otherwise keep
     the port and accept associations for a box that no longer runs). Instances it stores
     reach the main process's workers through the shared index (stability is polled there).
+    ``process_number`` (1 for the first extra process) chooses its CPU (drimbox.affinity).
     """
     configure_pynetdicom()
+    _use_dimse_cpu(settings, process_number)
     blobs, index, audit = build_adapters(settings)
     ingest = IngestService(blobs, index, audit, max_instance_bytes=settings.max_instance_bytes)
     ingest.subscribe(RejectionHandler(index, blobs, audit))  # IOCM notes may arrive here too
@@ -516,6 +524,14 @@ def run_dimse_receiver(
         index.close()
         blobs.close()
         _close_audit(audit)
+
+
+def _use_dimse_cpu(settings: Settings, process_number: int) -> None:
+    """Give this DIMSE process its CPU, or none (``dimse_cpu_affinity``; drimbox.affinity)."""
+    cpu = dimse_cpu(process_number) if settings.dimse_cpu_affinity else None
+    set_dimse_cpu(cpu)
+    if cpu is not None:
+        _log.info("dimse.cpu process=%d cpu=%d", process_number, cpu)
 
 
 def _close_audit(audit: AuditLog) -> None:

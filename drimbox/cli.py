@@ -83,6 +83,14 @@ def serve(
             help="DIMSE receiver processes sharing the port (default: one per CPU core, at most 4)."
         ),
     ] = None,
+    dimse_cpu_affinity: Annotated[
+        bool | None,
+        typer.Option(
+            "--dimse-cpu-affinity/--no-dimse-cpu-affinity",
+            help="Run each DIMSE process's association and sync threads on one CPU of their "
+            "own (default on; DRIMBOX_DIMSE_CPU_AFFINITY).",
+        ),
+    ] = None,
     public_url: Annotated[
         str | None,
         typer.Option(help="Public DICOMweb base used in manifests' RetrieveURLs."),
@@ -102,6 +110,7 @@ def serve(
         http_port=http_port,
         hl7_port=hl7_port,
         dimse_processes=dimse_processes,
+        dimse_cpu_affinity=dimse_cpu_affinity,
         public_url=public_url,
         registry_url=registry_url,
     )

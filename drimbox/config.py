@@ -90,6 +90,9 @@ class Settings:
         Listening ports (0 picks a free port, for tests).
     dimse_processes
         Number of DIMSE receiver processes sharing the listening port (``SO_REUSEPORT``).
+    dimse_cpu_affinity
+        Pin each DIMSE process's association and sync threads to one CPU, process *i* to the
+        *i*-th CPU the box may use (:mod:`drimbox.affinity`); other threads use every CPU.
     peers
         DIMSE peers allowed to associate. Empty in the loopback-only development default means
         "any calling AE from a loopback address".
@@ -133,6 +136,7 @@ class Settings:
     http_port: int = 8080
     hl7_port: int = 2575
     dimse_processes: int = 0
+    dimse_cpu_affinity: bool = True
     peers: tuple[Peer, ...] = ()
     storage_backend: str = "filesystem"
     s3_endpoint: str = ""

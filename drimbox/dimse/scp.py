@@ -32,6 +32,7 @@ import threading
 import time
 from typing import BinaryIO, cast
 
+from drimbox.affinity import pin_to_dimse_cpu
 from drimbox.config import Peer
 from drimbox.dicom.part10 import (
     DRIMBOX_IMPLEMENTATION_CLASS_UID,
@@ -246,6 +247,7 @@ class DimseServer:
             return len(self._active)
 
     def _handle(self, sock: socket.socket, address: str) -> None:
+        pin_to_dimse_cpu()  # with the sync threads (drimbox.affinity)
         try:
             association = self._establish(sock, address)
             if association is not None:

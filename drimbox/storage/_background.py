@@ -6,7 +6,9 @@
 - The ``fsync`` of the object, while the storing thread indexes it (the object's directory
   entry is already durable: :mod:`drimbox.storage._spares`).
 
-The threads belong to the process that started them: a forked child starts its own.
+Hashing and syncing have a pool of threads each: the sync threads run on the CPU of the
+process's DIMSE threads, the hashing threads on any (:mod:`drimbox.affinity`). The threads
+belong to the process that started them: a forked child starts its own.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+
+from drimbox.affinity import pin_to_dimse_cpu, unpin
 
 __all__ = [
     "BACKGROUND_HASH_BYTES",
@@ -28,7 +32,7 @@ __all__ = [
 BACKGROUND_HASH_BYTES = 128 * 1024
 """Content from this size on is hashed on the hashing threads; smaller content right away."""
 
-_THREADS = 8  # per process: a hash and a file sync per put in progress
+_THREADS = 8  # per process and pool: a hash or a file sync per put in progress
 
 
 def sha256_of(buffers: Sequence[bytes]) -> str:
@@ -54,18 +58,20 @@ class Digest:
         return self._value
 
 
-_POOL_LOCK = threading.Lock()
-_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (the process that started it, it)
+_POOLS_LOCK = threading.Lock()
+_POOLS: dict[str, tuple[int, ThreadPoolExecutor]] = {}  # name: (the process that started it, it)
 
 
-def _pool() -> ThreadPoolExecutor:
-    """The helper threads of this process (started on first use, again after a fork)."""
-    global _POOL  # one pool per process
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != os.getpid():
-            executor = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="drimbox-blob")
-            _POOL = (os.getpid(), executor)
-        return _POOL[1]
+def _pool(name: str, initializer: Callable[[], None]) -> ThreadPoolExecutor:
+    """Helper threads of this process (started on first use, again after a fork)."""
+    with _POOLS_LOCK:
+        started = _POOLS.get(name)
+        if started is None or started[0] != os.getpid():
+            executor = ThreadPoolExecutor(
+                max_workers=_THREADS, thread_name_prefix=f"drimbox-{name}", initializer=initializer
+            )
+            started = _POOLS[name] = (os.getpid(), executor)
+        return started[1]
 
 
 def sha256_in_background(buffers: Sequence[bytes]) -> Digest:
@@ -78,9 +84,12 @@ def sha256_in_background(buffers: Sequence[bytes]) -> Digest:
     """
     if sum(memoryview(buffer).nbytes for buffer in buffers) < BACKGROUND_HASH_BYTES:
         return Digest(sha256_of(buffers), None)
-    return Digest(None, _pool().submit(sha256_of, buffers))
+    return Digest(None, _pool("hash", unpin).submit(sha256_of, buffers))
 
 
 def fsync_in_background(fd: int) -> Future[None]:
-    """Start ``os.fsync(fd)`` on a helper thread; the caller keeps ``fd`` open until it ends."""
-    return _pool().submit(os.fsync, fd)
+    """Start ``os.fsync(fd)`` on a helper thread; the caller keeps ``fd`` open until it ends.
+
+    The sync threads run on the DIMSE CPU when one is set (:mod:`drimbox.affinity`).
+    """
+    return _pool("sync", pin_to_dimse_cpu).submit(os.fsync, fd)
