@@ -132,7 +132,9 @@ def send(port: int, aet: str, corpus: Corpus, associations: int) -> float:
     for process in processes:
         _, stderr = process.communicate()
         if process.returncode != 0:
-            raise RuntimeError(f"storescu failed: {stderr.decode()[-2000:]}")
+            raise RuntimeError(
+                f"storescu failed (exit status {process.returncode}): {stderr.decode()[-2000:]}"
+            )
     return time.perf_counter() - start
 
 
