@@ -251,7 +251,13 @@ def status(
 def verify(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
-    repair: Annotated[bool, typer.Option(help="Remove orphan blobs (never indexed).")] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            help="Remove orphan blobs (never indexed) and what interrupted puts left over an "
+            "hour ago (temporary files, incomplete uploads).",
+        ),
+    ] = False,
     grace: Annotated[
         float, typer.Option(help="Seconds to wait before confirming an orphan (in-flight ingest).")
     ] = 30.0,
@@ -273,6 +279,7 @@ def verify(
         "blobs": report.blobs,
         "orphans": len(report.orphans),
         "removed": report.removed,
+        "temporary_removed": report.temporary_removed,
         "missing": report.missing,
         "consistent": report.consistent,
     }
@@ -283,6 +290,8 @@ def verify(
         out.print(f"indexed instances: {report.indexed:,}   blobs held: {report.blobs:,}")
         out.print(f"orphan blobs: {len(report.orphans):,} (removed {report.removed:,})")
         out.print(f"missing blobs: {len(report.missing):,}")
+        if repair:
+            out.print(f"leftovers of interrupted puts removed: {report.temporary_removed:,}")
         for key in report.missing[:20]:
             out.print(f"  missing: {key}")
         if report.orphans and not repair:

@@ -104,6 +104,14 @@ class BlobStore(Protocol):
         """Yield every key held (for reconciliation)."""
         ...
 
+    def cleanup_temporary(self, stale_after_seconds: float = 3600.0) -> int:
+        """Remove what interrupted puts left (temporary files, incomplete uploads); count it.
+
+        Only what is older than ``stale_after_seconds`` goes, so puts in progress (another
+        process's included) are spared. Never touches a stored object.
+        """
+        ...
+
     def close(self) -> None:
         """Release resources."""
         ...

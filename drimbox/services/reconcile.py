@@ -42,6 +42,9 @@ class ReconcileReport:
         Blob keys indexed but absent from the store.
     removed
         Orphans removed (with ``repair=True``).
+    temporary_removed
+        Leftovers of interrupted puts removed (with ``repair=True``): temporary files, incomplete
+        multipart uploads, spare files of dead processes, older than an hour.
     """
 
     indexed: int = 0
@@ -49,6 +52,7 @@ class ReconcileReport:
     orphans: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     removed: int = 0
+    temporary_removed: int = 0
 
     @property
     def consistent(self) -> bool:
@@ -107,7 +111,13 @@ def reconcile(
         for key in report.orphans:
             blobs.delete(key)
             report.removed += 1
-        audit.record("verify.repair", "success", orphans_removed=report.removed)
+        report.temporary_removed = blobs.cleanup_temporary()
+        audit.record(
+            "verify.repair",
+            "success",
+            orphans_removed=report.removed,
+            temporary_removed=report.temporary_removed,
+        )
     audit.record(
         "verify",
         "success" if report.consistent else "inconsistent",

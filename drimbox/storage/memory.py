@@ -84,5 +84,9 @@ class MemoryBlobStore:
             snapshot = sorted(self._objects)
         return iter(snapshot)
 
+    def cleanup_temporary(self, stale_after_seconds: float = 3600.0) -> int:
+        """Nothing to remove: a failed put leaves nothing behind in memory."""
+        return 0
+
     def close(self) -> None:
         """Nothing to release; the objects stay readable (tests inspect them after a box stops)."""

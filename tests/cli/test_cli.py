@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.fixtures.box import ServedBox
@@ -100,6 +102,31 @@ def test_verify_reports_and_repairs_an_orphan_blob(tmp_path: Path) -> None:
     repaired = _run("verify", "--repair", "--grace", "0", "--data-dir", str(tmp_path))
     assert repaired.returncode == 0, repaired.stdout
     assert _run("verify", "--data-dir", str(tmp_path)).returncode == 0
+
+
+def test_verify_repair_removes_what_interrupted_puts_left_long_ago(tmp_path: Path) -> None:
+    from drimbox.bootstrap import build_adapters
+    from drimbox.storage.filesystem import TEMPORARY_SUFFIX
+    from tests.fixtures.box import default_settings
+
+    blobs, index, _ = build_adapters(default_settings(data_dir=tmp_path))
+    index.close()
+    blobs.close()
+    temporary = tmp_path / "blobs" / "tmp"
+    stale, recent = temporary / f"{'a' * 32}{TEMPORARY_SUFFIX}", temporary / f"{'b' * 32}.tmp"
+    stale.write_bytes(b"part of a put interrupted by a crash")
+    recent.write_bytes(b"a put in progress")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+
+    checked = _run("verify", "--json", "--data-dir", str(tmp_path))
+    assert json.loads(checked.stdout)["temporary_removed"] == 0
+    assert stale.exists()
+    repaired = _run("verify", "--repair", "--json", "--grace", "0", "--data-dir", str(tmp_path))
+    assert repaired.returncode == 0, repaired.stderr
+    assert json.loads(repaired.stdout)["temporary_removed"] == 1
+    assert not stale.exists()
+    assert recent.exists()
 
 
 def test_read_only_commands_refuse_a_missing_data_dir(tmp_path: Path) -> None:
