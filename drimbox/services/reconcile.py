@@ -43,8 +43,8 @@ class ReconcileReport:
     removed
         Orphans removed (with ``repair=True``).
     temporary_removed
-        Leftovers of interrupted puts removed (with ``repair=True``): temporary files, incomplete
-        multipart uploads, spare files of dead processes, older than an hour.
+        Leftovers of interrupted puts removed (with ``repair=True``): temporary files and
+        incomplete multipart uploads over an hour old, unused spare files of ended processes.
     """
 
     indexed: int = 0
