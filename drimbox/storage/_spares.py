@@ -34,9 +34,16 @@ import weakref
 from pathlib import Path
 
 from drimbox.fsync import fsync_directory
-from drimbox.storage.keys import FAN_OUT_WIDTH, KEY_BYTES, is_valid_key
+from drimbox.storage.keys import FAN_OUT_WIDTH, KEY_BYTES, fan_out, is_valid_key
 
-__all__ = ["LEASE_SUFFIX", "SPARE_MODE", "SpareFiles", "is_spare", "remove_abandoned_spares"]
+__all__ = [
+    "LEASE_SUFFIX",
+    "SPARE_MODE",
+    "SpareFiles",
+    "is_spare",
+    "object_path",
+    "remove_abandoned_spares",
+]
 
 SPARE_MODE = 0o000
 """Permission bits of a spare file; an object has :data:`~drimbox.storage.filesystem.FILE_MODE`."""
@@ -47,9 +54,15 @@ LEASE_SUFFIX = ".spares"
 BATCH_SIZE = 32
 """Spare files created at once: one directory sync and one lease sync per batch."""
 
+_PREFIX_BYTES = FAN_OUT_WIDTH // 2  # random bytes written as the fan-out directory's hex digits
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FRESH_LEASE_SUFFIX = ".spares-new"  # a lease being created, not locked yet
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def object_path(root: Path, key: str) -> Path:
+    """The path of the object (or spare) ``key`` under a store's ``root`` (validated fan-out)."""
+    return root.joinpath(*fan_out(key))
 
 
 def is_spare(status: os.stat_result) -> bool:
@@ -75,7 +88,7 @@ class _Held:
         for key, fd in free:
             os.close(fd)
             with contextlib.suppress(OSError):
-                os.unlink(self.root / key[:FAN_OUT_WIDTH] / key)
+                os.unlink(object_path(self.root, key))
         if self.lease is not None:
             (path, fd), self.lease = self.lease, None
             with contextlib.suppress(OSError):
@@ -127,13 +140,13 @@ class SpareFiles:
         with self._lock:
             self._held.release()
 
-    def _path(self, key: str) -> Path:
-        return self._root / key[:FAN_OUT_WIDTH] / key
-
     def _create_batch(self) -> list[tuple[str, int]]:
         lease_fd = self._lease_descriptor()
-        prefix = secrets.token_hex(1)  # FAN_OUT_WIDTH hex digits
-        keys = [prefix + secrets.token_hex(KEY_BYTES - 1) for _ in range(self._batch_size)]
+        prefix = secrets.token_hex(_PREFIX_BYTES)  # the batch's fan-out directory
+        keys = [
+            prefix + secrets.token_hex(KEY_BYTES - _PREFIX_BYTES) for _ in range(self._batch_size)
+        ]
+        directory = object_path(self._root, keys[0]).parent
         # The lease lists this batch and the previous one (all taken, possibly still being
         # written by puts in flight), so it stays small however long the process runs.
         listing = "".join(key + "\n" for key in (*self._held.previous, *keys)).encode("ascii")
@@ -145,17 +158,18 @@ class SpareFiles:
         try:
             for key in keys:
                 try:
-                    created.append((key, os.open(self._path(key), _CREATE_FLAGS, SPARE_MODE)))
+                    path = object_path(self._root, key)
+                    created.append((key, os.open(path, _CREATE_FLAGS, SPARE_MODE)))
                 except OSError as error:  # no inode left: use the spares made, if any
                     if error.errno not in _NO_SPACE_ERRNOS or not created:
                         raise
                     break
-            fsync_directory(self._root / prefix)
+            fsync_directory(directory)
         except BaseException:
             for key, fd in created:
                 os.close(fd)
                 with contextlib.suppress(OSError):
-                    os.unlink(self._path(key))
+                    os.unlink(object_path(self._root, key))
             raise
         return created
 
@@ -211,7 +225,7 @@ def remove_abandoned_spares(root: Path, temporary: Path) -> int:
                 listed = lease.read().decode("ascii", "replace").split()
             for key in listed:
                 if is_valid_key(key):
-                    removed += _remove_if_spare(root / key[:FAN_OUT_WIDTH] / key)
+                    removed += _remove_if_spare(object_path(root, key))
             with contextlib.suppress(FileNotFoundError):  # its process closed it meanwhile
                 os.unlink(entry.path)
         finally:

@@ -50,10 +50,11 @@ from drimbox.storage._spares import (
     LEASE_SUFFIX,
     SpareFiles,
     is_spare,
+    object_path,
     remove_abandoned_spares,
 )
 from drimbox.storage._written import DurableWrite
-from drimbox.storage.keys import FAN_OUT_DEPTH, FAN_OUT_WIDTH, fan_out, is_valid_key, new_key
+from drimbox.storage.keys import FAN_OUT_DEPTH, FAN_OUT_WIDTH, is_valid_key, new_key
 
 __all__ = ["DEFAULT_STALE_AFTER_SECONDS", "FilesystemBlobStore"]
 
@@ -267,7 +268,7 @@ class FilesystemBlobStore:
         return f"FilesystemBlobStore(root={str(self._root)!r})"
 
     def _path(self, key: str) -> Path:
-        return self._root.joinpath(*fan_out(key))
+        return object_path(self._root, key)
 
     def put(self, chunks: Iterable[bytes]) -> StoredBlob:
         """Write a new object durably; see :meth:`drimbox.ports.BlobStore.put`.
